@@ -1,0 +1,48 @@
+"""k8s-jwt-auth: verify Kubernetes service-account tokens and turn them into workload identities.
+
+```python
+from k8s_jwt_auth import TokenVerifier, VerifierConfig
+
+verifier = TokenVerifier(VerifierConfig.from_env())
+workload = verifier.verify(token)          # or: await verifier.verify_async(token)
+verifier.policy.enforce(workload)          # PolicyDenied unless K8S_JWT_AUTH_ALLOW lets it in
+```
+
+Framework adapters live in `k8s_jwt_auth.integrations.*`; this package imports none of them.
+"""
+
+from __future__ import annotations
+
+from .config import VerifierConfig
+from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable, PolicyDenied, Reason
+from .identity import WorkloadIdentity
+from .keys import KeySet, KeySource, StaticKeySource, VerificationKey
+from .policy import Decision, Policy, Rule
+from .verifier import Clock, TokenVerifier
+
+__all__ = [
+    "AuthError",
+    "Clock",
+    "ConfigurationError",
+    "Decision",
+    "InvalidToken",
+    "KeySet",
+    "KeySetUnavailable",
+    "KeySource",
+    "Policy",
+    "PolicyDenied",
+    "Reason",
+    "Rule",
+    "StaticKeySource",
+    "TokenVerifier",
+    "VerificationKey",
+    "VerifierConfig",
+    "WorkloadIdentity",
+]
+
+__version__ = "0.1.0"
+
+for _name in ("VerifierConfig", "WorkloadIdentity", "Policy", "Rule", "Decision", "TokenVerifier",
+              "KeySet", "StaticKeySource", "VerificationKey"):
+    globals()[_name].__module__ = __name__
+del _name

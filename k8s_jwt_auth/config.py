@@ -1,0 +1,345 @@
+"""`VerifierConfig`: the validated, frozen settings a `TokenVerifier` is built from.
+
+Every source of settings (keyword arguments, environment variables, Flask `app.config`, the Django
+`K8S_JWT_AUTH` dict, CLI flags) ends up here, through one parser of the setting *suffixes*:
+
+| suffix | field | form |
+| --- | --- | --- |
+| `ISSUER` | `issuer` | URL (string) |
+| `AUDIENCES` | `audiences` | comma-separated or list |
+| `JWKS_URI` | `jwks_uri` | URL; skips discovery |
+| `JWKS_FILE` | `jwks_file` | path to a JWKS document |
+| `PUBLIC_KEYS_FILE` | `public_keys` | path to PEM public keys (one or more) |
+| `CA_FILE` | `ca_file` | path to a PEM CA bundle for fetches |
+| `TOKEN_FILE` | `token_file` | bearer token for discovery/JWKS fetches |
+| `ALLOW` | `allow` | policy rules, comma-separated (`payments/*,!kube-system/*`) |
+| `DRY_RUN` | `dry_run` | bool: evaluate policy, never deny |
+| `ALGORITHMS` | `algorithms` | comma-separated subset of RS256, ES256, ES384, ES512 |
+| `LEEWAY` | `leeway` | seconds |
+| `MAX_TOKEN_AGE` | `max_token_age` | seconds |
+| `MAX_TOKEN_SIZE` | `max_token_size` | bytes |
+| `ALLOW_LEGACY_TOKENS` | `allow_legacy_tokens` | bool |
+| `REQUIRE_POD_BINDING` | `require_pod_binding` | bool |
+| `TRUST_DOMAIN` | `trust_domain` | string |
+| `TIMEOUT` | `timeout` | seconds |
+| `CACHE_MAX_AGE` | `cache_max_age` | seconds |
+| `COOLDOWN` | `cooldown` | seconds |
+| `MAX_STALE` | `max_stale` | seconds |
+| `ALLOW_INSECURE_HTTP` | `allow_insecure_http` | bool |
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_ALGORITHMS",
+    "ENV_PREFIX",
+    "SUPPORTED_ALGORITHMS",
+    "VerifierConfig",
+]
+
+ENV_PREFIX = "K8S_JWT_AUTH_"
+SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256", "ES384", "ES512"})
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "ES384", "ES512")
+LEGACY_ISSUER = "kubernetes/serviceaccount"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifierConfig:
+    """Validated settings for a `TokenVerifier`. Frozen; build a new one to change anything.
+
+    Exactly one key source may be given: `jwks` (a JWKS document), `jwks_file`, `public_keys` (PEM
+    strings) or `jwks_uri`. With none of them, keys come from the issuer's OIDC discovery document.
+
+    Raises:
+        ConfigurationError: (`reason="invalid_config"`) with a hint on how to fix the value.
+    """
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks: Mapping[str, Any] | None = field(default=None, repr=False)
+    jwks_file: str | None = None
+    public_keys: tuple[str, ...] = field(default=(), repr=False)
+    jwks_uri: str | None = None
+    ca_file: str | None = None
+    token_file: str | None = None
+    allow: tuple[str, ...] = ()
+    dry_run: bool = False
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway: float = 60.0
+    max_token_age: float | None = None
+    max_token_size: int = 16 * 1024
+    allow_legacy_tokens: bool = False
+    require_pod_binding: bool = False
+    trust_domain: str = "cluster.local"
+    timeout: float = 5.0
+    cache_max_age: float = 600.0
+    cooldown: float = 30.0
+    max_stale: float = 3600.0
+    allow_insecure_http: bool = False
+    max_response_size: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        self._check_issuer()
+        self._check_audiences()
+        self._check_key_source()
+        self._check_algorithms()
+        self._check_numbers()
+        from .policy import Policy  # policy imports nothing from here; local import avoids a cycle
+
+        Policy.parse(self.allow, dry_run=self.dry_run)
+
+    # -- normalisation / validation ---------------------------------------------------------------
+
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+
+    def _normalise(self) -> None:
+        self._set("audiences", _str_tuple(self.audiences, "audiences"))
+        self._set("allow", _str_tuple(self.allow, "allow"))
+        self._set("algorithms", tuple(a.upper() for a in _str_tuple(self.algorithms, "algorithms")))
+        self._set("public_keys", _str_tuple(self.public_keys, "public_keys"))
+        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale"):
+            self._set(name, _number(getattr(self, name), name))
+        if self.max_token_age is not None:
+            self._set("max_token_age", _number(self.max_token_age, "max_token_age"))
+
+    def _check_issuer(self) -> None:
+        if not isinstance(self.issuer, str) or not self.issuer.strip():
+            raise ConfigurationError("issuer is required: set it to the cluster's --service-account-issuer "
+                                     "(e.g. https://kubernetes.default.svc.cluster.local)")
+        if self.issuer != self.issuer.strip():
+            raise ConfigurationError("issuer has leading or trailing whitespace; iss is compared exactly")
+        if self.uses_discovery:
+            self._check_url(self.issuer, "issuer")
+
+    def _check_audiences(self) -> None:
+        if not self.audiences or any(not a.strip() for a in self.audiences):
+            raise ConfigurationError("audiences must list at least one non-empty audience: the value callers "
+                                     "request with `serviceAccountToken.audience` (e.g. payments-api)")
+
+    def _check_key_source(self) -> None:
+        given = [n for n in ("jwks", "jwks_file", "public_keys", "jwks_uri") if getattr(self, n)]
+        if len(given) > 1:
+            raise ConfigurationError(f"give only one key source, not {' and '.join(given)}")
+        if self.jwks_uri:
+            self._check_url(self.jwks_uri, "jwks_uri")
+        for name in ("jwks_file", "ca_file", "token_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
+
+    def _check_algorithms(self) -> None:
+        bad = sorted(set(self.algorithms) - SUPPORTED_ALGORITHMS)
+        if bad or not self.algorithms:
+            raise ConfigurationError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}; "
+                                     f"not allowed: {bad} (symmetric and 'none' algorithms are never accepted)")
+
+    def _check_numbers(self) -> None:
+        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "max_token_age"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigurationError(f"{name} must be >= 0 seconds, not {value}")
+        if self.timeout == 0:
+            raise ConfigurationError("timeout must be > 0 seconds: fetches without a timeout can hang")
+        if not isinstance(self.max_token_size, int) or self.max_token_size < 256:
+            raise ConfigurationError("max_token_size must be an integer >= 256 bytes")
+
+    def _check_url(self, url: str, name: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme == "https" and parts.hostname:
+            return
+        if parts.scheme == "http" and parts.hostname and (self.allow_insecure_http or _is_loopback(parts.hostname)):
+            return
+        raise ConfigurationError(f"{name} {url!r} must be an https:// URL (plain http only for loopback "
+                                 "addresses, or with allow_insecure_http=True)")
+
+    # -- derived values ---------------------------------------------------------------------------
+
+    @property
+    def uses_discovery(self) -> bool:
+        """Whether keys come from `{issuer}/.well-known/openid-configuration`."""
+        return not (self.jwks or self.jwks_file or self.public_keys or self.jwks_uri)
+
+    @property
+    def accepted_issuers(self) -> frozenset[str]:
+        """The `iss` values accepted: the issuer, plus the legacy one when legacy tokens are allowed."""
+        if self.allow_legacy_tokens:
+            return frozenset({self.issuer, LEGACY_ISSUER})
+        return frozenset({self.issuer})
+
+    # -- alternate constructors -------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, prefix: str = "", **overrides: Any) -> VerifierConfig:
+        """Build a config from setting suffixes (`ISSUER`, `AUDIENCES`, ...), each under `prefix`.
+
+        Values may be strings (as in the environment) or native values (lists, numbers, bools).
+        Unknown keys under the prefix are rejected so that typos do not go unnoticed.
+        `overrides` are field values that win over the mapping.
+        """
+        kwargs: dict[str, Any] = {}
+        known = _SUFFIXES.keys()
+        for key, value in mapping.items():
+            if not key.startswith(prefix):
+                continue
+            suffix = key[len(prefix):]
+            if suffix not in known:
+                hint = f"; known settings: {', '.join(sorted(known))}"
+                raise ConfigurationError(f"unknown setting {key!r}{hint}")
+            name, parse = _SUFFIXES[suffix]
+            try:
+                kwargs[name] = parse(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{key}: {exc}") from exc
+        kwargs.update(overrides)
+        missing = [f"{prefix}{s}" for s in ("ISSUER", "AUDIENCES") if _SUFFIXES[s][0] not in kwargs]
+        if missing:
+            raise ConfigurationError(f"missing required setting(s): {', '.join(missing)}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> VerifierConfig:
+        """Build a config from `K8S_JWT_AUTH_*` environment variables (see the module table)."""
+        env = os.environ if environ is None else environ
+        return cls.from_mapping({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},
+                                prefix=ENV_PREFIX, **overrides)
+
+    @classmethod
+    def in_cluster(
+        cls,
+        *,
+        audiences: str | Sequence[str],
+        issuer: str | None = None,
+        mount: str = "/var/run/secrets/kubernetes.io/serviceaccount",
+        **overrides: Any,
+    ) -> VerifierConfig:
+        """Configuration for a service running in a pod.
+
+        The issuer is read from the pod's own mounted token (unless given), the cluster CA from the
+        service-account mount and the pod's own token is sent on discovery and JWKS fetches. The
+        service account needs the `system:service-account-issuer-discovery` ClusterRole.
+        """
+        from ._jws import unverified_claims  # local import: keeps config free of parsing at import
+
+        token_file = os.path.join(mount, "token")
+        ca_file = os.path.join(mount, "ca.crt")
+        if issuer is None:
+            try:
+                with open(token_file, encoding="ascii") as fh:
+                    issuer = str(unverified_claims(fh.read().strip()).get("iss", ""))
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(f"cannot read the issuer from {token_file}: {exc}; "
+                                         "pass issuer= or mount the service-account token") from exc
+        kwargs: dict[str, Any] = {"issuer": issuer, "audiences": audiences, "token_file": token_file}
+        if os.path.isfile(ca_file):
+            kwargs["ca_file"] = ca_file
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+# -- the one parser of setting suffixes ------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _str_tuple(value: object, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.replace("\n", ",").split(",") if p.strip())
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value)
+    raise ConfigurationError(f"{name} must be a string or a list of strings, not {type(value).__name__}")
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}") from exc
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean (true/false), not {value!r}")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    return int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+
+
+def _opt_str(value: object) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+def _read_pems(value: object) -> tuple[str, ...]:
+    paths = _str_tuple(value, "PUBLIC_KEYS_FILE")
+    pems = []
+    for path in paths:
+        with open(path, encoding="ascii") as fh:
+            pems.append(fh.read())
+    return tuple(pems)
+
+
+def _identity(value: _T) -> _T:
+    return value
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value in (None, "") else _number(value, "seconds")
+
+
+_SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "ISSUER": ("issuer", _identity),
+    "AUDIENCES": ("audiences", _identity),
+    "JWKS_URI": ("jwks_uri", _opt_str),
+    "JWKS_FILE": ("jwks_file", _opt_str),
+    "PUBLIC_KEYS_FILE": ("public_keys", _read_pems),
+    "CA_FILE": ("ca_file", _opt_str),
+    "TOKEN_FILE": ("token_file", _opt_str),
+    "ALLOW": ("allow", _identity),
+    "DRY_RUN": ("dry_run", _bool),
+    "ALGORITHMS": ("algorithms", _identity),
+    "LEEWAY": ("leeway", _identity),
+    "MAX_TOKEN_AGE": ("max_token_age", _float_or_none),
+    "MAX_TOKEN_SIZE": ("max_token_size", _int),
+    "ALLOW_LEGACY_TOKENS": ("allow_legacy_tokens", _bool),
+    "REQUIRE_POD_BINDING": ("require_pod_binding", _bool),
+    "TRUST_DOMAIN": ("trust_domain", _identity),
+    "TIMEOUT": ("timeout", _identity),
+    "CACHE_MAX_AGE": ("cache_max_age", _identity),
+    "COOLDOWN": ("cooldown", _identity),
+    "MAX_STALE": ("max_stale", _identity),
+    "ALLOW_INSECURE_HTTP": ("allow_insecure_http", _bool),
+}
+assert {n for n, _ in _SUFFIXES.values()} <= {f.name for f in fields(VerifierConfig)}

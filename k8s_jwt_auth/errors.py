@@ -1,0 +1,137 @@
+"""The one exception hierarchy of k8s-jwt-auth.
+
+```
+AuthError                      base class; never raised itself
+├── InvalidToken               401  the token is missing, malformed, forged, expired or not for us
+├── PolicyDenied               403  the token is valid but the policy does not allow this workload
+├── KeySetUnavailable          503  no usable verification keys (issuer down, bad JWKS); has retry_after
+└── ConfigurationError         raised at construction only; also a ValueError
+```
+
+Every error carries:
+
+* `status_code` — the HTTP status an adapter answers with;
+* `error` — the RFC 6750 style error code (`invalid_token`, ...) used in JSON bodies and challenges;
+* `reason` — a stable snake_case machine-readable code (see `Reason`), never reworded;
+* `message` — a human sentence that never contains the token;
+* `claim` — the claim or header field at fault, where there is one.
+
+Adapters catch `AuthError` and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+__all__ = [
+    "AuthError",
+    "ConfigurationError",
+    "InvalidToken",
+    "KeySetUnavailable",
+    "PolicyDenied",
+    "Reason",
+]
+
+Reason = Literal[
+    # InvalidToken (401)
+    "missing_token",
+    "malformed",
+    "too_large",
+    "disallowed_algorithm",
+    "unsupported_critical_header",
+    "unknown_key",
+    "bad_signature",
+    "bad_issuer",
+    "bad_audience",
+    "missing_claim",
+    "expired",
+    "not_yet_valid",
+    "issued_in_future",
+    "too_old",
+    "claim_mismatch",
+    "legacy_token",
+    "not_pod_bound",
+    "token_revoked",
+    # PolicyDenied (403)
+    "policy_denied",
+    # KeySetUnavailable (503)
+    "keys_unavailable",
+    # ConfigurationError
+    "invalid_config",
+]
+
+
+class AuthError(Exception):
+    """Base class of every error k8s-jwt-auth raises on purpose."""
+
+    status_code: ClassVar[int] = 401
+    error: ClassVar[str] = "invalid_token"
+    default_reason: ClassVar[Reason] = "malformed"
+
+    reason: Reason
+    message: str
+    claim: str | None
+
+    def __init__(self, message: str, *, reason: Reason | None = None, claim: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason if reason is not None else self.default_reason
+        self.claim = claim
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the JSON body adapters and the CLI answer with: `{"error", "reason", "message"}`."""
+        return {"error": self.error, "reason": self.reason, "message": self.message}
+
+    def __repr__(self) -> str:
+        claim = f", claim={self.claim!r}" if self.claim else ""
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r}{claim})"
+
+
+class InvalidToken(AuthError):
+    """The credentials cannot be trusted (HTTP 401). `reason` says why."""
+
+    status_code = 401
+    error = "invalid_token"
+    default_reason = "malformed"
+
+
+class PolicyDenied(AuthError):
+    """The token is valid, but the policy does not allow this workload (HTTP 403).
+
+    `rule` is the compact form of the rule that decided (`None` when no allow rule matched).
+    """
+
+    status_code = 403
+    error = "insufficient_scope"
+    default_reason = "policy_denied"
+
+    def __init__(self, message: str, *, rule: str | None = None, reason: Reason | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.rule = rule
+
+
+class KeySetUnavailable(AuthError):
+    """No usable verification key could be obtained (HTTP 503).
+
+    `retry_after` is a hint, in whole seconds, for the `Retry-After` header.
+    """
+
+    status_code = 503
+    error = "temporarily_unavailable"
+    default_reason = "keys_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 30, reason: Reason | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = max(1, int(retry_after))
+
+
+class ConfigurationError(AuthError, ValueError):
+    """The configuration is invalid. Raised at construction only, never while verifying."""
+
+    status_code = 500
+    error = "configuration_error"
+    default_reason = "invalid_config"
+
+
+for _cls in (AuthError, InvalidToken, PolicyDenied, KeySetUnavailable, ConfigurationError):
+    _cls.__module__ = "k8s_jwt_auth"

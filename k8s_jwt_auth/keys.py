@@ -1,0 +1,291 @@
+"""Verification keys and where they come from.
+
+* `VerificationKey` — one parsed public key (RSA or EC) with the algorithms it may verify.
+* `KeySet` — an immutable set of keys, built from a JWKS document (skipping unusable keys) or PEMs.
+* `KeySource` — the protocol the verifier gets keys from: `get(kid, alg)` and `await get_async(kid, alg)`.
+* `StaticKeySource` — a fixed `KeySet` (air-gapped clusters, tests).
+* `RemoteKeySource` — OIDC discovery + JWKS over HTTPS, cached and rotated (see `k8s_jwt_auth._remote`).
+
+A key is only ever found by `kid` (or, for a token without `kid`, as the only key that fits the
+algorithm) in a set we fetched or were given: `jwk`, `jku`, `x5u` and `x5c` token headers are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Union
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from .errors import ConfigurationError, InvalidToken
+
+if TYPE_CHECKING:
+    from .config import VerifierConfig
+
+__all__ = [
+    "JWK",
+    "JWKS",
+    "KeySet",
+    "KeySource",
+    "StaticKeySource",
+    "VerificationKey",
+    "key_source_from_config",
+]
+
+logger = logging.getLogger("k8s_jwt_auth.keys")
+
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]  # noqa: UP007 - runtime alias on 3.10
+
+MIN_RSA_BITS = 2048
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_EC_CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "RS256": hashes.SHA256(), "ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512(),
+}
+_EC_SIZES = {"ES256": 32, "ES384": 48, "ES512": 66}
+
+
+class JWK(TypedDict, total=False):
+    """One JSON Web Key (RFC 7517) as served by kube-apiserver."""
+
+    kty: str
+    kid: str
+    use: str
+    alg: str
+    n: str
+    e: str
+    crv: str
+    x: str
+    y: str
+
+
+class JWKS(TypedDict):
+    """A JSON Web Key Set document: `{"keys": [...]}`."""
+
+    keys: list[JWK]
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A parsed public key and the JWS algorithms it may verify."""
+
+    kid: str | None
+    key: PublicKey
+    algorithms: frozenset[str]
+
+    @classmethod
+    def from_public_key(cls, key: object, kid: str | None = None, alg: str | None = None) -> VerificationKey:
+        """Wrap a `cryptography` public key; `alg` narrows the algorithms it may verify.
+
+        Raises:
+            ValueError: for key types Kubernetes does not sign with, or RSA keys under 2048 bits.
+        """
+        if isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < MIN_RSA_BITS:
+                raise ValueError(f"RSA key of {key.key_size} bits is too small (minimum {MIN_RSA_BITS})")
+            allowed = {"RS256"}
+        elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_ALGORITHMS:
+            allowed = {_EC_ALGORITHMS[key.curve.name]}
+        else:
+            raise ValueError(f"unsupported key type {type(key).__name__}")
+        if alg is not None:
+            if alg not in allowed:
+                raise ValueError(f"key alg {alg!r} does not fit its key type")
+            allowed = {alg}
+        return cls(kid=kid, key=key, algorithms=frozenset(allowed))
+
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any]) -> VerificationKey:
+        """Parse one JWK (RSA or EC P-256/384/521 public key).
+
+        Raises:
+            ValueError: for anything that is not a usable signing public key.
+        """
+        if jwk.get("use", "sig") != "sig":
+            raise ValueError(f"key use {jwk.get('use')!r} is not 'sig'")
+        if "d" in jwk:
+            raise ValueError("refusing a private key in a JWKS")
+        kid, alg = jwk.get("kid"), jwk.get("alg")
+        if kid is not None and not isinstance(kid, str):
+            raise ValueError("kid is not a string")
+        if alg is not None and not isinstance(alg, str):
+            raise ValueError("alg is not a string")
+        kty = jwk.get("kty")
+        if kty == "RSA":
+            n, e = _b64_int(jwk, "n"), _b64_int(jwk, "e")
+            public: PublicKey = rsa.RSAPublicNumbers(e, n).public_key()
+        elif kty == "EC":
+            curve = _EC_CURVES.get(str(jwk.get("crv")))
+            if curve is None:
+                raise ValueError(f"unsupported curve {jwk.get('crv')!r}")
+            public = ec.EllipticCurvePublicNumbers(_b64_int(jwk, "x"), _b64_int(jwk, "y"), curve).public_key()
+        else:
+            raise ValueError(f"unsupported kty {kty!r}")
+        return cls.from_public_key(public, kid=kid, alg=alg)
+
+    def verify(self, alg: str, signing_input: bytes, signature: bytes) -> bool:
+        """Whether `signature` is a valid `alg` signature of `signing_input` by this key."""
+        try:
+            if isinstance(self.key, rsa.RSAPublicKey):
+                self.key.verify(signature, signing_input, padding.PKCS1v15(), _HASHES[alg])
+            else:
+                size = _EC_SIZES[alg]
+                if len(signature) != 2 * size:
+                    return False
+                r = int.from_bytes(signature[:size], "big")
+                s = int.from_bytes(signature[size:], "big")
+                self.key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(_HASHES[alg]))
+        except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+            return False
+        return True
+
+
+def _b64_int(jwk: Mapping[str, Any], name: str) -> int:
+    from ._jws import b64url_decode
+
+    value = jwk.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"JWK member {name!r} is missing")
+    try:
+        return int.from_bytes(b64url_decode(value, f"JWK member {name!r}"), "big")
+    except InvalidToken as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class KeySet:
+    """An immutable set of verification keys, looked up by `kid` (and algorithm)."""
+
+    __slots__ = ("_by_kid", "_keys", "skipped")
+
+    def __init__(self, keys: Iterable[VerificationKey], skipped: int = 0) -> None:
+        self._keys: tuple[VerificationKey, ...] = tuple(keys)
+        self._by_kid: dict[str | None, VerificationKey] = {}
+        for k in self._keys:
+            self._by_kid.setdefault(k.kid, k)
+        self.skipped = skipped
+
+    @classmethod
+    def from_jwks(cls, document: object) -> KeySet:
+        """Parse a JWKS document (a mapping, or its JSON text/bytes), skipping keys that cannot be used.
+
+        Raises:
+            ValueError: when the document is not a JWKS (`{"keys": [...]}`).
+        """
+        if isinstance(document, (str, bytes, bytearray)):
+            try:
+                document = json.loads(document)
+            except (UnicodeDecodeError, RecursionError) as exc:
+                raise ValueError(f"JWKS is not JSON: {exc}") from exc
+        if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+            raise ValueError('a JWKS must be a JSON object with a "keys" list')
+        keys, skipped = [], 0
+        for jwk in document["keys"]:
+            try:
+                if not isinstance(jwk, Mapping):
+                    raise ValueError("not an object")
+                keys.append(VerificationKey.from_jwk(jwk))
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                skipped += 1
+                logger.warning("skipping unusable key %r in JWKS: %s",
+                               jwk.get("kid") if isinstance(jwk, Mapping) else None, exc)
+        return cls(keys, skipped=skipped)
+
+    @classmethod
+    def from_pem(cls, pems: Iterable[str | bytes]) -> KeySet:
+        """Build a set from PEM public keys (each may be a file's whole text); `kid` is `None`.
+
+        Raises:
+            ValueError: when a PEM cannot be loaded or is not a supported public key.
+        """
+        keys = []
+        for pem in pems:
+            data = pem.encode("ascii") if isinstance(pem, str) else pem
+            for block in _pem_blocks(data):
+                keys.append(VerificationKey.from_public_key(serialization.load_pem_public_key(block)))
+        return cls(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Any:
+        return iter(self._keys)
+
+    @property
+    def kids(self) -> tuple[str | None, ...]:
+        """The key ids in the set, in document order."""
+        return tuple(k.kid for k in self._keys)
+
+    def find(self, kid: str | None, alg: str) -> VerificationKey | None:
+        """The key for `kid`; for a token without `kid`, the only key that can verify `alg`."""
+        if kid is not None:
+            return self._by_kid.get(kid)
+        fitting = [k for k in self._keys if alg in k.algorithms]
+        return fitting[0] if len(fitting) == 1 else None
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    marker = b"-----END PUBLIC KEY-----"
+    blocks = [part + marker for part in data.split(marker) if b"-----BEGIN" in part]
+    if not blocks:
+        raise ValueError("no PEM public key found (expected -----BEGIN PUBLIC KEY-----)")
+    return blocks
+
+
+class KeySource(Protocol):
+    """Where a `TokenVerifier` gets verification keys from.
+
+    Both methods return the key for `kid` (see `KeySet.find`) and raise:
+        InvalidToken: `unknown_key` when no key has that `kid`.
+        KeySetUnavailable: when no usable key set can be obtained at all.
+
+    `get` must never need an event loop; `get_async` must never block the loop.
+    """
+
+    def get(self, kid: str | None, alg: str) -> VerificationKey: ...
+
+    async def get_async(self, kid: str | None, alg: str) -> VerificationKey: ...
+
+
+class StaticKeySource:
+    """A fixed `KeySet`: a JWKS document or PEM keys given in configuration. No I/O."""
+
+    def __init__(self, keys: KeySet) -> None:
+        if not len(keys):
+            raise ConfigurationError("the key set has no usable keys (RSA >= 2048 bits or EC P-256/384/521)")
+        self.keys = keys
+
+    def get(self, kid: str | None, alg: str) -> VerificationKey:
+        key = self.keys.find(kid, alg)
+        if key is None:
+            raise InvalidToken(f"no key with kid {kid!r} in the key set", reason="unknown_key", claim="kid")
+        return key
+
+    async def get_async(self, kid: str | None, alg: str) -> VerificationKey:
+        return self.get(kid, alg)
+
+
+def key_source_from_config(config: VerifierConfig) -> KeySource:
+    """The key source a config describes: static for `jwks`/`jwks_file`/`public_keys`, else remote.
+
+    Raises:
+        ConfigurationError: when a static key set cannot be read or has no usable key.
+    """
+    try:
+        if config.jwks is not None:
+            return StaticKeySource(KeySet.from_jwks(config.jwks))
+        if config.jwks_file is not None:
+            with open(config.jwks_file, "rb") as fh:
+                return StaticKeySource(KeySet.from_jwks(fh.read()))
+        if config.public_keys:
+            return StaticKeySource(KeySet.from_pem(config.public_keys))
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigurationError(f"cannot load the configured keys: {exc}") from exc
+    from ._remote import RemoteKeySource
+
+    return RemoteKeySource.from_config(config)

@@ -42,7 +42,9 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-for _name in ("VerifierConfig", "WorkloadIdentity", "Policy", "Rule", "Decision", "TokenVerifier",
-              "KeySet", "StaticKeySource", "VerificationKey"):
-    globals()[_name].__module__ = __name__
-del _name
+# Tracebacks and reprs show `k8s_jwt_auth.InvalidToken`, not the private module path (as httpx does).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,156 @@
+"""VerifierConfig: normalisation, validation with fix-it errors, and the one suffix parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k8s_jwt_auth import ConfigurationError, TokenVerifier, VerifierConfig
+from k8s_jwt_auth.testing import SigningKey
+
+from .conftest import FIXTURES, REAL_ISSUER
+
+
+def test_minimal_config_and_defaults() -> None:
+    config = VerifierConfig(issuer=REAL_ISSUER, audiences="payments-api")
+    assert config.audiences == ("payments-api",)
+    assert config.algorithms == ("RS256", "ES256", "ES384", "ES512")
+    assert (config.leeway, config.timeout, config.cache_max_age, config.cooldown) == (60.0, 5.0, 600.0, 30.0)
+    assert config.uses_discovery and not config.allow_legacy_tokens and not config.require_pod_binding
+    assert config.accepted_issuers == frozenset({REAL_ISSUER})
+
+
+def test_config_is_frozen_and_comparable() -> None:
+    a = VerifierConfig(issuer=REAL_ISSUER, audiences=["x", "y"])
+    with pytest.raises(AttributeError):
+        a.issuer = "https://other"  # type: ignore[misc]
+    assert a == VerifierConfig(issuer=REAL_ISSUER, audiences=("x", "y"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"issuer": "", "audiences": ["a"]}, "issuer is required"),
+        ({"issuer": " https://x ", "audiences": ["a"]}, "whitespace"),
+        ({"issuer": "http://kubernetes.default.svc", "audiences": ["a"]}, "https://"),
+        ({"issuer": "kubernetes", "audiences": ["a"]}, "https://"),
+        ({"issuer": REAL_ISSUER, "audiences": []}, "audiences"),
+        ({"issuer": REAL_ISSUER, "audiences": [""]}, "audiences"),
+        ({"issuer": REAL_ISSUER, "audiences": 5}, "audiences"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "algorithms": ["HS256"]}, "HS256"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "algorithms": ["none"]}, "NONE"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "algorithms": []}, "non-empty"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "leeway": -1}, "leeway"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "leeway": "soon"}, "leeway"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "timeout": 0}, "timeout"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "max_token_size": 10}, "max_token_size"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "jwks_file": "/nonexistent/jwks.json"}, "jwks_file"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "jwks_uri": "ftp://x/jwks"}, "jwks_uri"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "jwks_uri": "https://x/jwks",
+          "jwks": {"keys": []}}, "only one key source"),
+        ({"issuer": REAL_ISSUER, "audiences": ["a"], "allow": ["payments"]}, "NAMESPACE/SERVICEACCOUNT"),
+    ],
+)
+def test_invalid_config_fails_at_construction(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig(**kwargs)  # type: ignore[arg-type]
+    assert fragment in info.value.message
+    assert info.value.reason == "invalid_config"
+    assert isinstance(info.value, ValueError)
+
+
+def test_loopback_http_is_allowed_and_other_http_needs_opt_in() -> None:
+    assert VerifierConfig(issuer="http://127.0.0.1:8080", audiences="a").uses_discovery
+    assert VerifierConfig(issuer="http://localhost:8080", audiences="a")
+    assert VerifierConfig(issuer="http://[::1]:8080", audiences="a")
+    assert VerifierConfig(issuer="http://issuer.lan", audiences="a", allow_insecure_http=True)
+
+
+def test_static_issuer_need_not_be_a_url() -> None:
+    config = VerifierConfig(issuer="my-cluster", audiences="a", jwks_file=str(FIXTURES / "jwks.json"))
+    assert not config.uses_discovery
+
+
+def test_static_key_set_with_no_usable_key() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        TokenVerifier(VerifierConfig(issuer=REAL_ISSUER, audiences="a", jwks={"keys": [{"kty": "oct", "k": "x"}]}))
+    assert "no usable keys" in info.value.message
+
+
+def test_public_keys_pem(tmp_path: Path) -> None:
+    key = SigningKey.generate("ES256")
+    config = VerifierConfig(issuer="https://x.test", audiences="test", public_keys=[key.public_pem()])
+    from k8s_jwt_auth.testing import build_claims, sign
+
+    token = sign(key, build_claims(issuer="https://x.test", now=1_800_000_000), {"alg": "ES256"})
+    assert TokenVerifier(config, clock=lambda: 1_800_000_000).verify(token).namespace == "default"
+    pem_file = tmp_path / "keys.pem"
+    pem_file.write_text(key.public_pem() + SigningKey.generate("RS256").public_pem())
+    env = {"K8S_JWT_AUTH_ISSUER": "https://x.test", "K8S_JWT_AUTH_AUDIENCES": "test",
+           "K8S_JWT_AUTH_PUBLIC_KEYS_FILE": str(pem_file)}
+    assert len(VerifierConfig.from_env(env).public_keys) == 1  # one file, two keys inside
+    assert TokenVerifier(VerifierConfig.from_env(env), clock=lambda: 1_800_000_000).verify(token)
+
+
+def test_from_env_reads_every_documented_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {
+        "K8S_JWT_AUTH_ISSUER": REAL_ISSUER,
+        "K8S_JWT_AUTH_AUDIENCES": "payments-api, orders-api",
+        "K8S_JWT_AUTH_JWKS_FILE": str(FIXTURES / "jwks.json"),
+        "K8S_JWT_AUTH_CA_FILE": str(ca),
+        "K8S_JWT_AUTH_ALLOW": "payments/*,!kube-system/*",
+        "K8S_JWT_AUTH_LEEWAY": "30",
+        "K8S_JWT_AUTH_ALGORITHMS": "RS256",
+        "K8S_JWT_AUTH_REQUIRE_POD_BINDING": "true",
+        "K8S_JWT_AUTH_MAX_TOKEN_AGE": "3600",
+        "K8S_JWT_AUTH_DRY_RUN": "yes",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = VerifierConfig.from_env()
+    assert config.audiences == ("payments-api", "orders-api")
+    assert config.jwks_file == str(FIXTURES / "jwks.json") and config.ca_file == str(ca)
+    assert config.allow == ("payments/*", "!kube-system/*")
+    assert (config.leeway, config.algorithms, config.require_pod_binding) == (30.0, ("RS256",), True)
+    assert (config.max_token_age, config.dry_run) == (3600.0, True)
+
+
+def test_from_env_jwks_uri() -> None:
+    config = VerifierConfig.from_env({"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+                                      "K8S_JWT_AUTH_JWKS_URI": "https://10.0.0.1:6443/openid/v1/jwks"})
+    assert config.jwks_uri == "https://10.0.0.1:6443/openid/v1/jwks" and not config.uses_discovery
+
+
+def test_from_env_missing_and_unknown_settings() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_env({"K8S_JWT_AUTH_AUDIENCES": "a"})
+    assert "K8S_JWT_AUTH_ISSUER" in info.value.message
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_env({"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+                                 "K8S_JWT_AUTH_LEEWAI": "5"})
+    assert "K8S_JWT_AUTH_LEEWAI" in info.value.message
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_env({"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+                                 "K8S_JWT_AUTH_REQUIRE_POD_BINDING": "perhaps"})
+    assert "REQUIRE_POD_BINDING" in info.value.message
+
+
+def test_from_mapping_takes_native_values_as_django_does() -> None:
+    config = VerifierConfig.from_mapping({"ISSUER": REAL_ISSUER, "AUDIENCES": ["payments-api"],
+                                          "ALLOW": ["payments/*"], "LEEWAY": 5, "DRY_RUN": True})
+    assert (config.audiences, config.allow, config.leeway, config.dry_run) == (
+        ("payments-api",), ("payments/*",), 5.0, True)
+
+
+def test_from_mapping_with_prefix_ignores_other_keys_as_flask_config_does() -> None:
+    config = VerifierConfig.from_mapping({"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+                                          "SECRET_KEY": "unrelated"}, prefix="K8S_JWT_AUTH_")
+    assert config.issuer == REAL_ISSUER
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    config = VerifierConfig(issuer=REAL_ISSUER, audiences="a", jwks={"keys": [{"kty": "RSA", "n": "SECRETN"}]})
+    assert "SECRETN" not in repr(config)

@@ -1,0 +1,100 @@
+"""Policy: globs, deny wins, default deny once an allow rule exists, conditions, dry run."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from k8s_jwt_auth import ConfigurationError, Policy, PolicyDenied, Rule, WorkloadIdentity
+
+
+def workload(namespace: str = "payments", sa: str = "worker", pod: str | None = None,
+             audiences: tuple[str, ...] = ("payments-api",), node: str | None = None) -> WorkloadIdentity:
+    claims: dict[str, object] = {"kubernetes.io": {"namespace": namespace, "node": {"name": node}} if node else {}}
+    return WorkloadIdentity(issuer="https://issuer.test", subject=f"system:serviceaccount:{namespace}:{sa}",
+                            namespace=namespace, service_account=sa, pod_name=pod, audiences=audiences,
+                            expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc), claims=claims)
+
+
+def test_no_rules_allows_every_verified_workload() -> None:
+    decision = Policy().evaluate(workload())
+    assert decision.allowed and decision.rule is None
+    assert Policy.parse(None).is_open and Policy.parse("").is_open
+
+
+@pytest.mark.parametrize(
+    ("spec", "ns", "sa", "allowed", "rule"),
+    [
+        ("payments/*", "payments", "worker", True, "payments/*"),
+        ("payments/*", "orders", "worker", False, None),
+        ("*/api", "orders", "api", True, "*/api"),
+        ("*/api", "orders", "api-v2", False, None),
+        ("pay*/work?r", "payments", "worker", True, "pay*/work?r"),
+        ("payments/[a-w]*", "payments", "worker", True, "payments/[a-w]*"),
+        ("Payments/*", "payments", "worker", False, None),  # case-sensitive, as Kubernetes names are
+        ("*/*,!kube-system/*", "kube-system", "coredns", False, "!kube-system/*"),
+        ("*/*,!kube-system/*", "default", "web", True, "*/*"),
+        ("!kube-system/*", "default", "web", True, None),  # only deny rules: allow unless denied
+        ("!kube-system/*", "kube-system", "x", False, "!kube-system/*"),
+        ("!*/admin, */*", "payments", "admin", False, "!*/admin"),  # deny wins whatever the order
+    ],
+)
+def test_compact_rules(spec: str, ns: str, sa: str, allowed: bool, rule: str | None) -> None:
+    decision = Policy.parse(spec).evaluate(workload(ns, sa))
+    assert decision.allowed is allowed
+    assert (str(decision.rule) if decision.rule else None) == rule
+
+
+def test_pod_pattern_in_compact_form() -> None:
+    policy = Policy.parse(["frontend/web/web-*"])
+    assert policy.evaluate(workload("frontend", "web", pod="web-5c6b")).allowed
+    assert not policy.evaluate(workload("frontend", "web", pod="debug-1")).allowed
+    assert not policy.evaluate(workload("frontend", "web", pod=None)).allowed  # unbound token never matches
+    assert str(policy.rules[0]) == "frontend/web/web-*"
+
+
+def test_rule_with_audience_condition() -> None:
+    policy = Policy([Rule(namespace="payments", audiences=("payments-api",))])
+    assert policy.evaluate(workload(audiences=("payments-api", "vault"))).allowed
+    assert not policy.evaluate(workload(audiences=("vault",))).allowed
+
+
+def test_rule_with_claim_condition() -> None:
+    policy = Policy([Rule(namespace="*", claims={"kubernetes.io/node/name": "node-*"})])
+    assert policy.evaluate(workload(node="node-1")).allowed
+    assert not policy.evaluate(workload(node="edge-1")).allowed
+    assert not policy.evaluate(workload()).allowed  # claim absent
+
+
+def test_enforce_raises_with_the_deciding_rule() -> None:
+    with pytest.raises(PolicyDenied) as info:
+        Policy.parse("*/*,!kube-system/*").enforce(workload("kube-system", "coredns"))
+    assert (info.value.reason, info.value.rule, info.value.status_code) == ("policy_denied", "!kube-system/*", 403)
+    with pytest.raises(PolicyDenied) as info:
+        Policy.parse("payments/*").enforce(workload("orders"))
+    assert info.value.rule is None
+    assert Policy.parse("payments/*").enforce(workload()).rule == Rule(namespace="payments")
+
+
+def test_dry_run_reports_but_never_denies() -> None:
+    policy = Policy.parse("payments/*", dry_run=True)
+    decision = policy.enforce(workload("orders"))
+    assert not decision.allowed and decision.dry_run and not decision.enforced_denial
+    assert "denied" in decision.explanation and "dry run" in decision.explanation
+
+
+@pytest.mark.parametrize("spec", ["payments", "a/b/c/d", "/worker", "payments/", "pay ments/x", "a/b$"])
+def test_bad_compact_rules(spec: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Policy.parse([spec])
+
+
+def test_bad_effect() -> None:
+    with pytest.raises(ConfigurationError):
+        Rule(effect="maybe")  # type: ignore[arg-type]
+
+
+def test_policy_equality_and_repr() -> None:
+    assert Policy.parse("a/b, !c/*") == Policy(["a/b", "!c/*"])
+    assert repr(Policy.parse("a/b")) == "Policy(['a/b'], dry_run=False)"

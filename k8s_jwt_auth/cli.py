@@ -127,7 +127,7 @@ def _inspect(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
     warning = "WARNING: NOT VERIFIED. The signature, issuer, audience and lifetime were NOT checked."
     parsed = parse(_read_token(args.token_file, stdin), max_size=_MAX_INPUT)
     claims = decode_payload(parsed)
-    times = {c: _human_time(claims[c]) for c in ("iat", "nbf", "exp") if c in claims}
+    times: dict[str, str] = {c: _human_time(claims[c]) for c in ("iat", "nbf", "exp") if c in claims}
     k8s = claims.get("kubernetes.io")
     if isinstance(k8s, dict) and "warnafter" in k8s:
         times["kubernetes.io.warnafter"] = _human_time(k8s["warnafter"])

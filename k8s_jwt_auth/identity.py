@@ -41,6 +41,7 @@ class WorkloadIdentity:
             server extended its lifetime for an old client.
         stale: `True` when the token was used after `warn_after` (accepted, but the client should
             re-read its token file; kube-apiserver logs and counts these).
+        trust_domain: the trust domain for `istio_principal()` / `spiffe_id()` (config `trust_domain`).
         token_fingerprint: first 16 hex digits of the token's SHA-256, safe to log.
         claims: the raw, read-only payload.
     """
@@ -61,6 +62,7 @@ class WorkloadIdentity:
     token_id: str | None = None
     warn_after: datetime | None = None
     stale: bool = False
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     token_fingerprint: str = field(default="", compare=False, hash=False)
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False, hash=False, repr=False)
 
@@ -80,11 +82,11 @@ class WorkloadIdentity:
         """Whether the token is bound to a pod (its `kubernetes.io.pod` claim is present)."""
         return self.pod_name is not None
 
-    def istio_principal(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
-        """Istio's principal form, `cluster.local/ns/NS/sa/SA`."""
-        return f"{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+    def istio_principal(self, trust_domain: str | None = None) -> str:
+        """Istio's principal form, `cluster.local/ns/NS/sa/SA` (default: the identity's trust domain)."""
+        return f"{trust_domain or self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
-    def spiffe_id(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+    def spiffe_id(self, trust_domain: str | None = None) -> str:
         """The SPIFFE ID, `spiffe://cluster.local/ns/NS/sa/SA`."""
         return f"spiffe://{self.istio_principal(trust_domain)}"
 

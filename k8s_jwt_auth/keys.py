@@ -263,7 +263,8 @@ class StaticKeySource:
     def get(self, kid: str | None, alg: str) -> VerificationKey:
         key = self.keys.find(kid, alg)
         if key is None:
-            raise InvalidToken(f"no key with kid {kid!r} in the key set", reason="unknown_key", claim="kid")
+            raise InvalidToken(f"no key with kid {kid[:64] if kid else kid!r} in the key set", reason="unknown_key",
+                               claim="kid")
         return key
 
     async def get_async(self, kid: str | None, alg: str) -> VerificationKey:

@@ -145,6 +145,7 @@ class TokenVerifier:
             token_id=jti if isinstance(jti, str) else None,
             warn_after=_claims.to_datetime(warn_after, "kubernetes.io.warnafter"),
             stale=warn_after is not None and now > warn_after,
+            trust_domain=config.trust_domain,
             token_fingerprint=token_fingerprint,
             claims=payload,
             **fields,

@@ -134,3 +134,9 @@ def test_identity_is_immutable_and_hashable() -> None:
     with pytest.raises(TypeError):
         identity.claims["sub"] = "x"  # type: ignore[index]
     assert len({identity, verifier(REAL_NOW).verify(real_token("pub-pod-bound-1h"))}) == 1
+
+
+def test_configured_trust_domain_is_used_by_principals() -> None:
+    identity = verifier(REAL_NOW, trust_domain="prod.example").verify(real_token("pub-pod-bound-1h"))
+    assert identity.spiffe_id() == "spiffe://prod.example/ns/frontend/sa/web"
+    assert identity.istio_principal() == "prod.example/ns/frontend/sa/web"

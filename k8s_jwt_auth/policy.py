@@ -126,12 +126,10 @@ class Decision:
 
     @property
     def explanation(self) -> str:
-        """A short human explanation, for logs."""
+        """A short human explanation, for logs: `denied by rule !kube-system/*`."""
         verdict = "allowed" if self.allowed else "denied"
-        by = f"by rule {self.rule}" if self.rule else "by default (no allow rule matched)"
-        if self.rule is None and self.allowed:
-            by = "(no rules)" if not self.dry_run else "(no rules; dry run)"
-        return f"{verdict} {by}" + (" [dry run]" if self.dry_run and not self.allowed else "")
+        by = f"by rule {self.rule}" if self.rule else "by default (no rule matched)"
+        return f"{verdict} {by}" + (" [dry run: not enforced]" if self.dry_run and not self.allowed else "")
 
 
 class Policy:

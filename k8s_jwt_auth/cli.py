@@ -64,6 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow", action="append", default=[], metavar="NS/SA",
                         help="policy rule, [!]NAMESPACE/SERVICEACCOUNT[/POD] (repeatable)")
     verify.add_argument("--token-file", metavar="PATH", help="read the token from this file (default: stdin)")
+    verify.add_argument("--fetch-token-file", metavar="PATH",
+                        help="bearer token sent on discovery/JWKS fetches (e.g. your own service-account token)")
 
     inspect = sub.add_parser("inspect", help="decode a token WITHOUT verifying it")
     inspect.add_argument("--token-file", metavar="PATH", help="read the token from this file (default: stdin)")
@@ -102,7 +104,8 @@ def _read_token(path: str | None, stdin: TextIO) -> str:
 
 def _verify(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
     overrides: dict[str, Any] = {"issuer": args.issuer, "audiences": args.audiences, "allow": args.allow,
-                                 "jwks_file": args.jwks_file, "jwks_uri": args.jwks_uri, "ca_file": args.ca_file}
+                                 "jwks_file": args.jwks_file, "jwks_uri": args.jwks_uri, "ca_file": args.ca_file,
+                                 "token_file": args.fetch_token_file}
     if args.leeway is not None:
         overrides["leeway"] = args.leeway
     config = VerifierConfig(**overrides)

@@ -5,7 +5,7 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 
 | suffix | field | form |
 | --- | --- | --- |
-| `ISSUER` | `issuer` | URL (string) |
+| `ISSUER` | `issuer` | string; an https URL when keys come from discovery |
 | `AUDIENCES` | `audiences` | comma-separated or list |
 | `JWKS_URI` | `jwks_uri` | URL; skips discovery |
 | `JWKS_FILE` | `jwks_file` | path to a JWKS document |
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -95,6 +96,7 @@ class VerifierConfig:
         self._check_audiences()
         self._check_key_source()
         self._check_algorithms()
+        self._check_trust_domain()
         self._check_numbers()
         from .policy import Policy  # policy imports nothing from here; local import avoids a cycle
 
@@ -107,9 +109,10 @@ class VerifierConfig:
 
     def _normalise(self) -> None:
         self._set("audiences", _str_tuple(self.audiences, "audiences"))
-        self._set("allow", _str_tuple(self.allow, "allow"))
+        self._set("allow", _str_tuple(self.allow, "allow", split_spaces=True))
         self._set("algorithms", tuple(a.upper() for a in _str_tuple(self.algorithms, "algorithms")))
-        self._set("public_keys", _str_tuple(self.public_keys, "public_keys"))
+        pems = (self.public_keys,) if isinstance(self.public_keys, str) else self.public_keys
+        self._set("public_keys", _str_tuple(pems, "public_keys"))
         for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale"):
             self._set(name, _number(getattr(self, name), name))
         if self.max_token_age is not None:
@@ -130,7 +133,7 @@ class VerifierConfig:
                                      "request with `serviceAccountToken.audience` (e.g. payments-api)")
 
     def _check_key_source(self) -> None:
-        given = [n for n in ("jwks", "jwks_file", "public_keys", "jwks_uri") if getattr(self, n)]
+        given = [n for n in ("jwks", "jwks_file", "public_keys", "jwks_uri") if getattr(self, n) not in (None, ())]
         if len(given) > 1:
             raise ConfigurationError(f"give only one key source, not {' and '.join(given)}")
         if self.jwks_uri:
@@ -139,6 +142,11 @@ class VerifierConfig:
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
                 raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
+
+    def _check_trust_domain(self) -> None:
+        if not isinstance(self.trust_domain, str) or not re.fullmatch(r"[a-z0-9.\-_]+", self.trust_domain):
+            raise ConfigurationError(f"trust_domain {self.trust_domain!r} must be a DNS-like name such as "
+                                     "cluster.local (lowercase letters, digits, '.', '-', '_')")
 
     def _check_algorithms(self) -> None:
         bad = sorted(set(self.algorithms) - SUPPORTED_ALGORITHMS)
@@ -170,7 +178,7 @@ class VerifierConfig:
     @property
     def uses_discovery(self) -> bool:
         """Whether keys come from `{issuer}/.well-known/openid-configuration`."""
-        return not (self.jwks or self.jwks_file or self.public_keys or self.jwks_uri)
+        return self.jwks is None and not (self.jwks_file or self.public_keys or self.jwks_uri)
 
     @property
     def accepted_issuers(self) -> frozenset[str]:
@@ -203,6 +211,8 @@ class VerifierConfig:
                 kwargs[name] = parse(value)
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(f"{key}: {exc}") from exc
+            except OSError as exc:
+                raise ConfigurationError(f"{key}: cannot read {exc.filename!r}: {exc.strerror}") from exc
         kwargs.update(overrides)
         missing = [f"{prefix}{s}" for s in ("ISSUER", "AUDIENCES") if _SUFFIXES[s][0] not in kwargs]
         if missing:
@@ -261,11 +271,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _str_tuple(value: object, name: str) -> tuple[str, ...]:
+def _str_tuple(value: object, name: str, *, split_spaces: bool = False) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return tuple(p.strip() for p in value.replace("\n", ",").split(",") if p.strip())
+        text = value.replace("\n", ",")
+        parts = text.replace(",", " ").split() if split_spaces else text.split(",")
+        return tuple(p.strip() for p in parts if p.strip())
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return tuple(v.strip() for v in value)
     raise ConfigurationError(f"{name} must be a string or a list of strings, not {type(value).__name__}")
@@ -316,7 +328,7 @@ def _identity(value: _T) -> _T:
 
 
 def _float_or_none(value: object) -> float | None:
-    return None if value in (None, "") else _number(value, "seconds")
+    return None if value in (None, "") else _number(value, "MAX_TOKEN_AGE")
 
 
 _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {

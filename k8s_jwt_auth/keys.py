@@ -12,6 +12,8 @@ algorithm) in a set we fetched or were given: `jwk`, `jku`, `x5u` and `x5c` toke
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -36,6 +38,7 @@ __all__ = [
     "StaticKeySource",
     "VerificationKey",
     "key_source_from_config",
+    "kube_key_id",
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.keys")
@@ -198,7 +201,10 @@ class KeySet:
 
     @classmethod
     def from_pem(cls, pems: Iterable[str | bytes]) -> KeySet:
-        """Build a set from PEM public keys (each may be a file's whole text); `kid` is `None`.
+        """Build a set from PEM public keys (each may be a file's whole text).
+
+        Each key's `kid` is computed as kube-apiserver computes it (base64url SHA-256 of the DER public
+        key), so tokens signed with the cluster's `--service-account-signing-key-file` find their key.
 
         Raises:
             ValueError: when a PEM cannot be loaded or is not a supported public key.
@@ -207,7 +213,8 @@ class KeySet:
         for pem in pems:
             data = pem.encode("ascii") if isinstance(pem, str) else pem
             for block in _pem_blocks(data):
-                keys.append(VerificationKey.from_public_key(serialization.load_pem_public_key(block)))
+                public = serialization.load_pem_public_key(block)
+                keys.append(VerificationKey.from_public_key(public, kid=kube_key_id(public)))
         return cls(keys)
 
     def __len__(self) -> int:
@@ -227,6 +234,14 @@ class KeySet:
             return self._by_kid.get(kid)
         fitting = [k for k in self._keys if alg in k.algorithms]
         return fitting[0] if len(fitting) == 1 else None
+
+
+def kube_key_id(public: object) -> str:
+    """The `kid` kube-apiserver gives a public key: unpadded base64url SHA-256 of its DER SubjectPublicKeyInfo."""
+    if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise ValueError(f"unsupported key type {type(public).__name__}")
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode("ascii")
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:

@@ -70,16 +70,20 @@ class Rule:
         """
         spec = text.strip()
         effect: Literal["allow", "deny"] = "deny" if spec.startswith("!") else "allow"
-        parts = spec.lstrip("!").split("/")
-        if len(parts) not in (2, 3) or not all(parts):
+        parts = spec.removeprefix("!").split("/")
+        if len(parts) not in (2, 3) or not all(parts) or parts[0].startswith("!"):
             raise ConfigurationError(f"policy rule {text!r} is not NAMESPACE/SERVICEACCOUNT[/POD] "
                                      "(e.g. payments/*, */api, !kube-system/*)")
         pod = parts[2] if len(parts) == 3 else "*"
         return cls(namespace=parts[0], service_account=parts[1], pod=pod, effect=effect)
 
     def __str__(self) -> str:
+        """The compact form, followed by any audience and claim conditions: `payments/* [aud=payments-api]`."""
         text = f"{'!' if self.effect == 'deny' else ''}{self.namespace}/{self.service_account}"
-        return text if self.pod == "*" else f"{text}/{self.pod}"
+        text = text if self.pod == "*" else f"{text}/{self.pod}"
+        conditions = [f"aud={','.join(self.audiences)}"] if self.audiences else []
+        conditions += [f"{path}={pattern}" for path, pattern in sorted(self.claims.items())]
+        return f"{text} [{' '.join(conditions)}]" if conditions else text
 
     def matches(self, identity: WorkloadIdentity) -> bool:
         """Whether every condition of the rule holds for `identity`."""

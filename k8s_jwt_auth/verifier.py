@@ -40,17 +40,26 @@ class TokenVerifier:
         config: the validated settings.
         keys: where keys come from; by default the source the config describes (static or remote).
         clock: the current time in Unix seconds; inject a fixed one in tests.
+        policy: the policy integrations apply; by default built from `config.allow` and `config.dry_run`
+            (pass a `Policy` for rules with audience or claim conditions).
 
     Attributes:
         config: the settings.
         keys: the key source.
-        policy: the policy built from `config.allow` / `config.dry_run` (integrations apply it).
+        policy: the policy integrations apply.
     """
 
-    def __init__(self, config: VerifierConfig, *, keys: KeySource | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: VerifierConfig,
+        *,
+        keys: KeySource | None = None,
+        clock: Clock | None = None,
+        policy: Policy | None = None,
+    ) -> None:
         self.config = config
         self.keys: KeySource = keys if keys is not None else key_source_from_config(config)
-        self.policy = Policy.parse(config.allow, dry_run=config.dry_run)
+        self.policy = policy if policy is not None else Policy.parse(config.allow, dry_run=config.dry_run)
         self._clock: Clock = clock if clock is not None else time.time
         self._algorithms = frozenset(config.algorithms)
         self._audiences = frozenset(config.audiences)

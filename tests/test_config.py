@@ -154,3 +154,49 @@ def test_from_mapping_with_prefix_ignores_other_keys_as_flask_config_does() -> N
 def test_secrets_stay_out_of_repr() -> None:
     config = VerifierConfig(issuer=REAL_ISSUER, audiences="a", jwks={"keys": [{"kty": "RSA", "n": "SECRETN"}]})
     assert "SECRETN" not in repr(config)
+
+
+def test_pem_keys_get_kube_apiserver_key_ids() -> None:
+    """A PEM of the cluster's signing key verifies real tokens, whose kid is SHA-256 of the DER key."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    from k8s_jwt_auth import VerificationKey
+
+    from .conftest import REAL_NOW, real_token
+
+    jwk = json.loads((FIXTURES / "jwks.json").read_text())["keys"][0]
+    pem = VerificationKey.from_jwk(jwk).key.public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    config = VerifierConfig(issuer=REAL_ISSUER, audiences="payments-api", public_keys=pem)  # one string = one PEM
+    identity = TokenVerifier(config, clock=lambda: REAL_NOW).verify(real_token("pub-pod-bound-1h"))
+    assert identity.pod_name == "web-5c6b"
+
+
+def test_allow_accepts_commas_and_spaces() -> None:
+    config = VerifierConfig(issuer=REAL_ISSUER, audiences="a", allow="payments/* orders/api,\n!kube-system/*")
+    assert config.allow == ("payments/*", "orders/api", "!kube-system/*")
+
+
+def test_empty_jwks_counts_as_a_key_source() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig(issuer=REAL_ISSUER, audiences="a", jwks={}, jwks_file=str(FIXTURES / "jwks.json"))
+    assert "only one key source" in info.value.message
+    assert not VerifierConfig(issuer="not-a-url", audiences="a", jwks={}).uses_discovery
+
+
+@pytest.mark.parametrize("domain", ["", "Cluster.Local", "a/b", "spiffe://x"])
+def test_bad_trust_domain(domain: str) -> None:
+    with pytest.raises(ConfigurationError):
+        VerifierConfig(issuer=REAL_ISSUER, audiences="a", trust_domain=domain)
+
+
+def test_setting_errors_name_the_setting() -> None:
+    env = {"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a"}
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_env({**env, "K8S_JWT_AUTH_MAX_TOKEN_AGE": "soon"})
+    assert "MAX_TOKEN_AGE" in info.value.message
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_env({**env, "K8S_JWT_AUTH_PUBLIC_KEYS_FILE": "/nonexistent/keys.pem"})
+    assert "/nonexistent/keys.pem" in info.value.message

@@ -98,3 +98,29 @@ def test_bad_effect() -> None:
 def test_policy_equality_and_repr() -> None:
     assert Policy.parse("a/b, !c/*") == Policy(["a/b", "!c/*"])
     assert repr(Policy.parse("a/b")) == "Policy(['a/b'], dry_run=False)"
+
+
+def test_rule_conditions_show_in_its_compact_form() -> None:
+    rule = Rule(namespace="payments", audiences=("payments-api",), claims={"kubernetes.io/node/name": "node-*"})
+    assert str(rule) == "payments/* [aud=payments-api kubernetes.io/node/name=node-*]"
+    assert str(Rule.parse("!kube-system/*")) == "!kube-system/*"
+
+
+def test_double_negation_is_refused() -> None:
+    with pytest.raises(ConfigurationError):
+        Rule.parse("!!kube-system/*")
+
+
+def test_verifier_takes_a_policy_object() -> None:
+    from k8s_jwt_auth import TokenVerifier, VerifierConfig
+
+    policy = Policy([Rule(namespace="payments", audiences=("payments-api",))])
+    config = VerifierConfig(issuer="https://x.test", audiences="a", jwks={"keys": []}, allow=["other/*"])
+    with pytest.raises(ConfigurationError):  # an empty key set is refused, whatever the policy
+        TokenVerifier(config, policy=policy)
+    from k8s_jwt_auth.testing import SigningKey
+
+    config = VerifierConfig(issuer="https://x.test", audiences="a", jwks={"keys": [SigningKey.generate().public_jwk()]},
+                            allow=["other/*"])
+    assert TokenVerifier(config, policy=policy).policy is policy
+    assert TokenVerifier(config).policy == Policy(["other/*"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 import uuid
@@ -14,6 +13,8 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from k8s_jwt_auth.keys import kube_key_id
 
 __all__ = ["SigningKey", "b64url", "build_claims", "sign"]
 
@@ -50,11 +51,7 @@ class SigningKey:
             private = ec.generate_private_key(_CURVES[alg][0])
         else:
             raise ValueError(f"unsupported algorithm {alg!r}")
-        if kid is None:
-            der = private.public_key().public_bytes(serialization.Encoding.DER,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-            kid = b64url(hashlib.sha256(der).digest())
-        return cls(kid=kid, alg=alg, private_key=private)
+        return cls(kid=kid or kube_key_id(private.public_key()), alg=alg, private_key=private)
 
     def public_jwk(self) -> dict[str, str]:
         """The public JWK, with the members kube-apiserver serves (`use`, `kty`, `kid`, `alg`, ...)."""

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 from ._keys import SigningKey, build_claims, sign
+from ._tls import TestCertificates
 
 __all__ = ["FailureMode", "FakeIssuer"]
 
@@ -37,6 +38,8 @@ class FakeIssuer:
             (401 without a token, 403 with another), as kube-apiserver does without anonymous discovery.
         max_age: the `Cache-Control: max-age` the server sends (kube-apiserver sends 3600).
         clock: the time used by `mint` when no `now` is given.
+        tls: serve `https://127.0.0.1:<port>` with a certificate from a throwaway CA whose PEM is
+            `ca_pem` (write it to a file and give it as `ca_file`); clients without it fail verification.
 
     Use as a context manager, or call `start()`/`stop()`. State (keys, failures, counters) is reset by
     `reset()`; the pytest fixture `k8s_issuer` does that before each test.
@@ -50,8 +53,11 @@ class FakeIssuer:
         require_token: str | None = None,
         max_age: int = 3600,
         clock: Any = None,
+        tls: bool = False,
     ) -> None:
         self._issuer = issuer
+        self._tls = TestCertificates.generate() if tls else None
+        self.ca_pem: str | None = self._tls.ca_pem if self._tls is not None else None
         self._initial_alg = algorithm
         self.require_token = require_token
         self.max_age = max_age
@@ -67,9 +73,14 @@ class FakeIssuer:
     def start(self) -> FakeIssuer:
         """Start serving on a free port of 127.0.0.1. Returns self."""
         if self._server is None:
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+            server_class = _QuietServer if self._tls is not None else ThreadingHTTPServer
+            self._server = server_class(("127.0.0.1", 0), _handler_for(self))
             self._server.daemon_threads = True
-            self._thread = threading.Thread(target=self._server.serve_forever, name="k8s-fake-issuer", daemon=True)
+            if self._tls is not None:  # the handshake happens in the handler thread, on first read
+                self._server.socket = self._tls.server_context().wrap_socket(
+                    self._server.socket, server_side=True, do_handshake_on_connect=False)
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name="k8s-fake-issuer", daemon=True)
             self._thread.start()
         return self
 
@@ -91,11 +102,12 @@ class FakeIssuer:
 
     @property
     def url(self) -> str:
-        """The base URL, `http://127.0.0.1:<port>`."""
+        """The base URL, `http://127.0.0.1:<port>` (`https://` with `tls=True`)."""
         if self._server is None:
             raise RuntimeError("the fake issuer is not started; call start() or use it as a context manager")
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host!s}:{port}"
 
     @property
     def issuer(self) -> str:
@@ -251,6 +263,13 @@ class FakeIssuer:
         else:
             doc = {"keys": []} if failure == "empty" else self.jwks()
         return 200, ok, json.dumps(doc, separators=(",", ":")).encode()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Does not print tracebacks for failed TLS handshakes (clients that do not trust the CA)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
 
 
 def _handler_for(issuer: FakeIssuer) -> type[BaseHTTPRequestHandler]:

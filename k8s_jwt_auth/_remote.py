@@ -1,0 +1,826 @@
+"""`RemoteKeySource`: the issuer's keys over HTTPS (OIDC discovery + JWKS), cached and rotated.
+
+Two layers:
+
+* `JwksFetcher` fetches once, with no state: `GET {issuer}/.well-known/openid-configuration` (unless a
+  `jwks_uri` is configured), check its `issuer`, then `GET jwks_uri`. The flow is written once as a
+  generator of requests, driven by a sync (`httpx.Client`) and an async (`httpx.AsyncClient`) driver,
+  each with a client per fetch. Every failure is a `FetchError` whose `kind` says what went wrong.
+* `RemoteKeySource` keeps the last good `KeySet` in one cache shared by threads and event loops: a
+  `threading.Lock` guards the state (never held during I/O), and a `concurrent.futures.Future` marks the
+  fetch in flight, so concurrent callers cause one fetch (single flight).
+
+Cache rules (defaults from `VerifierConfig`):
+
+* keys are fresh for `max_age` = the JWKS response's `Cache-Control: max-age`, clamped to
+  `[min(60 s, cache_max_age), cache_max_age]` (default 600 s); without the header, `cache_max_age`.
+* past 80 % of `max_age` a caller starts a background refresh (a daemon thread) and is answered at once;
+  past `max_age`, callers wait for one refetch.
+* a `kid` not in the set triggers a refetch at most once per `cooldown` (30 s), counted from the last
+  such refetch; the lookup is retried once, then `InvalidToken("unknown_key")`. Unknown kids are
+  remembered until that cooldown ends.
+* a failed fetch never drops good keys: they are served for `max_stale` (3600 s) past their `max_age`,
+  with a warning on the `k8s_jwt_auth.keys` logger. Failed fetches are retried after 1, 2, 4 ... s, at
+  most `max(cooldown, 1 s)` apart. Without usable keys callers get `KeySetUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+import certifi
+import httpx
+
+from .config import _is_loopback
+from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable
+from .keys import KeySet, VerificationKey
+
+if TYPE_CHECKING:
+    from .config import VerifierConfig
+
+__all__ = [
+    "ACCEPT_DISCOVERY",
+    "ACCEPT_JWKS",
+    "FetchError",
+    "FetchErrorKind",
+    "FetchResult",
+    "JwksFetcher",
+    "KeySourceStatus",
+    "RemoteKeySource",
+]
+
+logger = logging.getLogger("k8s_jwt_auth.keys")
+
+ACCEPT_DISCOVERY = "application/json"
+ACCEPT_JWKS = "application/jwk-set+json, application/json"  # kube-apiserver answers 406 to application/json alone
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+MIN_MAX_AGE = 60.0  # a Cache-Control max-age below this (or no-cache) is raised to it
+REFRESH_AHEAD = 0.8  # refresh in the background once keys are this far into their max age
+MAX_UNKNOWN_KIDS = 1024  # bound of the negative cache
+
+FetchErrorKind = Literal[
+    "token_file", "insecure_url", "tls", "connect", "timeout", "protocol", "redirect", "unauthorized",
+    "forbidden", "not_found", "not_acceptable", "http_status", "too_large", "bad_json", "bad_discovery",
+    "issuer_mismatch", "no_keys",
+]
+
+_RBAC = ("the service account needs the system:service-account-issuer-discovery ClusterRole "
+         "(a ClusterRoleBinding to it) and its token must be sent (token_file)")
+_STATUS_HINTS: dict[int, tuple[FetchErrorKind, str]] = {
+    401: ("unauthorized", f"the API server did not accept the request's credentials: {_RBAC}"),
+    403: ("forbidden", f"RBAC denied the request: {_RBAC}"),
+    404: ("not_found", "nothing is served there: check the issuer URL (or jwks_uri)"),
+    406: ("not_acceptable", "the server does not serve the media types asked for"),
+}
+
+
+class FetchError(Exception):
+    """A discovery or JWKS fetch failed. `kind` is a stable code; `message` is plain words.
+
+    Messages never contain the bearer token.
+    """
+
+    def __init__(self, kind: FetchErrorKind, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.kind: FetchErrorKind = kind
+        self.message = message
+        self.url = url
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What one successful fetch returned."""
+
+    issuer: str
+    jwks_uri: str
+    discovered: bool  # whether jwks_uri came from the discovery document
+    keys: KeySet
+    max_age: float | None  # the JWKS response's Cache-Control max-age (0 for no-cache/no-store)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    url: str
+    accept: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    url: str
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+# -- fetching ---------------------------------------------------------------------------------------
+
+
+class JwksFetcher:
+    """Fetches an issuer's key set once: discovery (unless `jwks_uri` is given), then the JWKS. No cache.
+
+    Args:
+        issuer: the configured issuer; the discovery document must name exactly this issuer.
+        jwks_uri: fetch keys here and skip discovery.
+        ca_file: PEM CA bundle to verify HTTPS servers with (default: certifi's bundle).
+        ssl_context: a ready `ssl.SSLContext` (wins over `ca_file`).
+        token_file: file holding a bearer token, re-read on every fetch (kubelet rotates it).
+        timeout: seconds for connecting and for each read; a whole request is also cut off after
+            3 × timeout even if the server trickles bytes.
+        allow_insecure_http: allow plain http to hosts other than loopback.
+        max_response_size: bodies larger than this many bytes are refused.
+
+    Raises:
+        ConfigurationError: for a URL that is not https (or loopback http), a bad timeout or CA file.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        jwks_uri: str | None = None,
+        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token_file: str | None = None,
+        timeout: float = 5.0,
+        allow_insecure_http: bool = False,
+        max_response_size: int = 1024 * 1024,
+    ) -> None:
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.issuer = issuer
+        self.jwks_uri = jwks_uri
+        self.allow_insecure_http = allow_insecure_http
+        name, url = ("jwks_uri", jwks_uri) if jwks_uri is not None else ("issuer", issuer)
+        problem = _url_problem(url, allow_insecure_http)
+        if problem is not None:
+            raise ConfigurationError(f"{name} {problem}")
+        self.discovery_url = (issuer[:-1] if issuer.endswith("/") else issuer) + DISCOVERY_PATH
+        self.token_file = token_file
+        self.timeout = float(timeout)
+        self.max_response_size = max_response_size
+        self.ssl_context = ssl_context if ssl_context is not None else _ssl_context(ca_file)
+        self.max_duration = 3 * self.timeout * (1 if jwks_uri is not None else 2)
+
+    def __repr__(self) -> str:
+        return f"JwksFetcher(issuer={self.issuer!r}, jwks_uri={self.jwks_uri!r})"
+
+    def fetch(self) -> FetchResult:
+        """Fetch with a blocking `httpx.Client` (never call this on an event loop).
+
+        Raises:
+            FetchError: whatever went wrong, with its `kind`.
+        """
+        flow = self._flow()
+        request = next(flow)
+        with httpx.Client(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
+            while True:
+                response = self._get(client, request)
+                try:
+                    request = flow.send(response)
+                except StopIteration as done:
+                    result: FetchResult = done.value
+                    return result
+
+    async def fetch_async(self) -> FetchResult:
+        """Fetch with an `httpx.AsyncClient` created for this fetch.
+
+        Raises:
+            FetchError: whatever went wrong, with its `kind`.
+        """
+        flow = self._flow()
+        request = next(flow)
+        async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
+            while True:
+                response = await self._get_async(client, request)
+                try:
+                    request = flow.send(response)
+                except StopIteration as done:
+                    result: FetchResult = done.value
+                    return result
+
+    # -- the flow, written once ------------------------------------------------------------------
+
+    def _flow(self) -> Generator[_Request, _Response, FetchResult]:
+        auth = self._auth_headers()
+        jwks_uri = self.jwks_uri
+        if jwks_uri is None:
+            discovery = yield _Request(self.discovery_url, ACCEPT_DISCOVERY, auth)
+            jwks_uri = self._read_discovery(discovery)
+        response = yield _Request(jwks_uri, ACCEPT_JWKS, auth)
+        keys = _read_jwks(response)
+        return FetchResult(self.issuer, jwks_uri, self.jwks_uri is None, keys, _cache_max_age(response.headers))
+
+    def _auth_headers(self) -> tuple[tuple[str, str], ...]:
+        if self.token_file is None:
+            return ()
+        try:
+            with open(self.token_file, encoding="ascii") as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeError) as exc:
+            raise FetchError("token_file", f"cannot read the bearer token file {self.token_file!r} "
+                                           f"({type(exc).__name__})") from None
+        if not token or not token.isprintable() or " " in token:
+            raise FetchError("token_file", f"the bearer token file {self.token_file!r} is empty or not a token")
+        return (("Authorization", f"Bearer {token}"),)
+
+    def _read_discovery(self, response: _Response) -> str:
+        _check_status(response, ACCEPT_DISCOVERY)
+        document = _json(response, "discovery document")
+        if not isinstance(document, dict):
+            raise FetchError("bad_discovery", f"the discovery document at {response.url} is not a JSON object",
+                             url=response.url)
+        issuer = document.get("issuer")
+        if issuer != self.issuer:
+            raise FetchError("issuer_mismatch", f"issuer mismatch: the discovery document at {response.url} says "
+                             f"issuer {issuer!r}, but the configured issuer is {self.issuer!r} (they must be "
+                             "equal, character for character)", url=response.url)
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri:
+            raise FetchError("bad_discovery", f"the discovery document at {response.url} has no jwks_uri",
+                             url=response.url)
+        problem = _url_problem(jwks_uri, self.allow_insecure_http)
+        if problem is not None:
+            raise FetchError("insecure_url", f"the jwks_uri from discovery {problem}", url=jwks_uri)
+        return jwks_uri
+
+    # -- the drivers -----------------------------------------------------------------------------
+
+    def _get(self, client: httpx.Client, request: _Request) -> _Response:
+        body = _Body(request.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
+        try:
+            with client.stream("GET", request.url, headers=_headers(request)) as response:
+                body.start(response)
+                for chunk in response.iter_bytes():
+                    body.add(chunk)
+                return body.response(response)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(request.url, exc, self.timeout) from exc
+
+    async def _get_async(self, client: httpx.AsyncClient, request: _Request) -> _Response:
+        body = _Body(request.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
+        try:
+            async with client.stream("GET", request.url, headers=_headers(request)) as response:
+                body.start(response)
+                async for chunk in response.aiter_bytes():
+                    body.add(chunk)
+                return body.response(response)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _transport_error(request.url, exc, self.timeout) from exc
+
+
+class _Body:
+    """Collects a response body, refusing it above `limit` bytes or past `deadline`."""
+
+    def __init__(self, url: str, limit: int, deadline: float) -> None:
+        self.url, self.limit, self.deadline = url, limit, deadline
+        self.data = bytearray()
+
+    def start(self, response: httpx.Response) -> None:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            raise self._too_large()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            raise self._too_large()
+        if time.monotonic() > self.deadline:
+            raise FetchError("timeout", f"{self.url} is sending its answer too slowly", url=self.url)
+
+    def response(self, response: httpx.Response) -> _Response:
+        return _Response(self.url, response.status_code, response.headers, bytes(self.data))
+
+    def _too_large(self) -> FetchError:
+        return FetchError("too_large", f"the answer from {self.url} is larger than {self.limit} bytes "
+                                       "(max_response_size)", url=self.url)
+
+
+def _headers(request: _Request) -> dict[str, str]:
+    return {"Accept": request.accept, "Accept-Encoding": "identity", **dict(request.headers)}
+
+
+def _url_problem(url: str, allow_insecure_http: bool) -> str | None:
+    """Why `url` may not be fetched, or `None`: https, or http to a loopback host (or when allowed)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return f"{url!r} is not a valid URL"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host and (allow_insecure_http or _is_loopback(host)):
+        return None
+    return (f"{url!r} must be an https:// URL (plain http only for loopback addresses, or with "
+            "allow_insecure_http=True)")
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_file if ca_file is not None else certifi.where())
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise ConfigurationError(f"cannot load the CA bundle {ca_file!r}: {exc}; give a PEM file with the "
+                                 "cluster CA (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)"
+                                 ) from exc
+
+
+def _check_status(response: _Response, accept: str) -> None:
+    status, url = response.status, response.url
+    if status == 200:
+        return
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")
+        raise FetchError("redirect", f"{url} answered HTTP {status} (redirect to {location!r}); redirects are "
+                                     "not followed: configure the final URL", url=url, status=status)
+    kind, hint = _STATUS_HINTS.get(status, ("http_status", "the server failed" if status >= 500 else ""))
+    if status == 406:
+        hint = f"{hint} ({accept})"
+    detail = _status_message(response.body)
+    raise FetchError(kind, f"{url} answered HTTP {status}{detail}" + (f": {hint}" if hint else ""),
+                     url=url, status=status)
+
+
+def _status_message(body: bytes) -> str:
+    """The `message` of a Kubernetes `Status` error body, shortened, in parentheses (or "")."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    message = document.get("message") if isinstance(document, dict) else None
+    return f" ({message.strip()[:200]})" if isinstance(message, str) and message.strip() else ""
+
+
+def _json(response: _Response, what: str) -> object:
+    try:
+        return json.loads(response.body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise FetchError("bad_json", f"the {what} at {response.url} is not JSON "
+                                     f"(content-type {response.headers.get('content-type', 'none')!r})",
+                         url=response.url) from exc
+
+
+def _read_jwks(response: _Response) -> KeySet:
+    _check_status(response, ACCEPT_JWKS)
+    try:
+        keys = KeySet.from_jwks(_json(response, "JWKS"))
+    except ValueError as exc:
+        raise FetchError("bad_json", f"the answer from {response.url} is not a JWKS: {exc}", url=response.url) from exc
+    if not len(keys):
+        raise FetchError("no_keys", f"the JWKS at {response.url} has no usable key ({keys.skipped} skipped; "
+                                    "usable: RSA >= 2048 bits, EC P-256/384/521)", url=response.url)
+    return keys
+
+
+_MAX_AGE = re.compile(r"(?:^|[\s,])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+
+def _cache_max_age(headers: httpx.Headers) -> float | None:
+    value = headers.get("cache-control", "")
+    if re.search(r"no-cache|no-store", value, re.IGNORECASE):
+        return 0.0
+    match = _MAX_AGE.search(value)
+    return float(match.group(1)) if match else None
+
+
+def _transport_error(url: str, exc: Exception, timeout: float) -> FetchError:
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchError("timeout", f"no answer from {url} within the {timeout:g} s timeout "
+                                     f"({type(exc).__name__})", url=url)
+    tls = _ssl_cause(exc)
+    if tls is not None:
+        reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
+        return FetchError("tls", f"TLS with {url} failed ({reason}): the server's certificate is not trusted; "
+                                 "give the CA that signed it as ca_file", url=url)
+    if isinstance(exc, httpx.ConnectError):
+        return FetchError("connect", f"cannot connect to {url} ({exc})", url=url)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return FetchError("protocol", f"{url} closed the connection without a valid HTTP answer ({exc})", url=url)
+    return FetchError("connect", f"the request to {url} failed ({type(exc).__name__}: {exc})", url=url)
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The `ssl.SSLError` behind an httpx error, if any (it is wrapped once or twice)."""
+    seen: list[BaseException] = [exc]
+    for current in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        more = [current.__cause__, current.__context__, *current.args]
+        seen.extend(e for e in more if isinstance(e, BaseException) and e not in seen and len(seen) < 16)
+    return None
+
+
+# -- caching ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeySourceStatus:
+    """A snapshot of a `RemoteKeySource`, for health checks, metrics and debugging.
+
+    Attributes:
+        fresh: the keys are within their max age.
+        stale: the keys are past their max age but still served, because refreshes fail.
+        cooling_down: an unknown `kid` would not cause a refetch now.
+        reloading: a fetch is in flight.
+        kids: the key ids of the current set (empty before the first successful fetch).
+        max_age: the max age applied to the current keys, in seconds.
+        last_refresh_age: seconds since the current keys were fetched.
+        fetch_count: fetches started since construction.
+        failures: consecutive failed fetches (0 after a success).
+        last_error: what the last failed fetch said (`None` after a success).
+        retry_in: seconds before a fetch may be retried after a failure (0 when not backing off).
+        jwks_uri: where the current keys came from.
+    """
+
+    fresh: bool
+    stale: bool
+    cooling_down: bool
+    reloading: bool
+    kids: tuple[str | None, ...]
+    max_age: float | None
+    last_refresh_age: float | None
+    fetch_count: int
+    failures: int
+    last_error: str | None
+    retry_in: float
+    jwks_uri: str | None
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a caller does next, decided under the lock."""
+
+    key: VerificationKey | None = None
+    error: AuthError | None = None
+    wait: Future[None] | None = None  # wait for this fetch, then look up again
+    lead: int = 0  # > 0: this caller runs fetch number `lead` and settles `wait`
+    background: tuple[int, Future[None]] | None = None  # start this fetch in a thread
+
+    def result(self) -> VerificationKey:
+        if self.key is None:
+            raise self.error if self.error is not None else KeySetUnavailable("no key set")
+        return self.key
+
+
+class RemoteKeySource:
+    """Keys from the issuer over HTTPS, cached; one instance serves threads and event loops alike.
+
+    Args:
+        issuer: the configured issuer (the discovery document must name exactly this issuer).
+        jwks_uri: fetch keys here and skip discovery.
+        ca_file: PEM CA bundle for HTTPS (the cluster CA); loaded once into an `ssl.SSLContext`.
+        ssl_context: a ready `ssl.SSLContext` (wins over `ca_file`).
+        token_file: bearer token file for the fetches, re-read on each fetch; never logged.
+        timeout: seconds for connecting and for each read (see `JwksFetcher`).
+        cache_max_age: the most seconds keys are used before a refetch (`Cache-Control` may lower it,
+            not below 60 s).
+        cooldown: the fewest seconds between two refetches caused by unknown `kid`s.
+        max_stale: seconds past their max age that keys are still served while refreshes fail.
+        allow_insecure_http: allow plain http to hosts other than loopback.
+        max_response_size: the largest accepted response body, in bytes.
+        clock: monotonic seconds (`time.monotonic`); inject a fake one in tests.
+
+    Raises:
+        ConfigurationError: for non-https URLs, a bad timeout or an unreadable CA file.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        jwks_uri: str | None = None,
+        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token_file: str | None = None,
+        timeout: float = 5.0,
+        cache_max_age: float = 600.0,
+        cooldown: float = 30.0,
+        max_stale: float = 3600.0,
+        allow_insecure_http: bool = False,
+        max_response_size: int = 1024 * 1024,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.fetcher = JwksFetcher(issuer, jwks_uri=jwks_uri, ca_file=ca_file, ssl_context=ssl_context,
+                                   token_file=token_file, timeout=timeout, allow_insecure_http=allow_insecure_http,
+                                   max_response_size=max_response_size)
+        self._cache_max_age, self._cooldown, self._max_stale = cache_max_age, cooldown, max_stale
+        self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
+        self._wait_limit = self.fetcher.max_duration + 1.0
+        self._lock = threading.Lock()
+        self._keys: KeySet | None = None
+        self._jwks_uri: str | None = None
+        self._fetched_at = self._expires = self._refresh_at = self._max_age = 0.0
+        self._seq = self._applied = self._fetch_count = self._failures = 0
+        self._inflight: Future[None] | None = None
+        self._inflight_since = 0.0  # time.monotonic(), to give up on a fetch whose runner vanished
+        self._retry_at = self._unknown_until = -math.inf
+        self._last_error: str | None = None
+        self._unknown: dict[str, float] = {}  # kid -> end of the cooldown it was found unknown in
+
+    @classmethod
+    def from_config(
+        cls, config: VerifierConfig, *, clock: Callable[[], float] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> RemoteKeySource:
+        """The remote source a `VerifierConfig` describes.
+
+        Raises:
+            ConfigurationError: when the CA file cannot be loaded.
+        """
+        return cls(config.issuer, jwks_uri=config.jwks_uri, ca_file=config.ca_file, ssl_context=ssl_context,
+                   token_file=config.token_file, timeout=config.timeout, cache_max_age=config.cache_max_age,
+                   cooldown=config.cooldown, max_stale=config.max_stale,
+                   allow_insecure_http=config.allow_insecure_http, max_response_size=config.max_response_size,
+                   clock=clock)
+
+    def __repr__(self) -> str:
+        return f"RemoteKeySource(issuer={self.fetcher.issuer!r}, jwks_uri={self.fetcher.jwks_uri!r})"
+
+    # -- KeySource -------------------------------------------------------------------------------
+
+    def get(self, kid: str | None, alg: str) -> VerificationKey:
+        """The key for `kid`, fetching (or waiting for a fetch) only when needed. Blocks; no event loop.
+
+        Raises:
+            InvalidToken: `unknown_key` (claim `kid`) when the current key set has no such key.
+            KeySetUnavailable: when there are no usable keys (never fetched, or stale for too long).
+        """
+        plan = self._plan(kid, alg)
+        self._start_background(plan)
+        if plan.lead:
+            self._run(plan.lead, plan.wait)
+        elif plan.wait is not None:
+            wait_futures([plan.wait], timeout=self._wait_limit)
+        else:
+            return plan.result()
+        return self._settled(kid, alg).result()
+
+    async def get_async(self, kid: str | None, alg: str) -> VerificationKey:
+        """Like `get`, for asyncio: fetches with `httpx.AsyncClient` and never blocks the loop.
+
+        Raises:
+            InvalidToken: `unknown_key` (claim `kid`) when the current key set has no such key.
+            KeySetUnavailable: when there are no usable keys (never fetched, or stale for too long).
+        """
+        plan = self._plan(kid, alg)
+        self._start_background(plan)
+        if plan.lead:
+            await self._run_async(plan.lead, plan.wait)
+        elif plan.wait is not None:
+            await _wait_async(plan.wait, self._wait_limit)
+        else:
+            return plan.result()
+        return self._settled(kid, alg).result()
+
+    def refresh(self) -> KeySet:
+        """Fetch now, whatever the cache state (a failed fetch keeps the current keys).
+
+        Raises:
+            KeySetUnavailable: when the fetch fails.
+        """
+        with self._lock:
+            seq, future = self._begin()
+        return self._refreshed(self._run(seq, future))
+
+    async def refresh_async(self) -> KeySet:
+        """Like `refresh`, with `httpx.AsyncClient`.
+
+        Raises:
+            KeySetUnavailable: when the fetch fails.
+        """
+        with self._lock:
+            seq, future = self._begin()
+        return self._refreshed(await self._run_async(seq, future))
+
+    def status(self) -> KeySourceStatus:
+        """A snapshot of the cache state."""
+        now = self._clock()
+        with self._lock:
+            keys = self._keys
+            return KeySourceStatus(
+                fresh=keys is not None and now < self._expires,
+                stale=keys is not None and self._expires <= now < self._expires + self._max_stale,
+                cooling_down=now < self._unknown_until,
+                reloading=self._joinable() is not None,
+                kids=keys.kids if keys is not None else (),
+                max_age=self._max_age if keys is not None else None,
+                last_refresh_age=now - self._fetched_at if keys is not None else None,
+                fetch_count=self._fetch_count,
+                failures=self._failures,
+                last_error=self._last_error,
+                retry_in=max(0.0, self._retry_at - now),
+                jwks_uri=self._jwks_uri,
+            )
+
+    # -- decisions, under the lock ---------------------------------------------------------------
+
+    def _plan(self, kid: str | None, alg: str) -> _Plan:
+        now = self._clock()
+        with self._lock:
+            keys = self._usable(now)
+            key = keys.find(kid, alg) if keys is not None else None
+            if key is not None:
+                if now < self._expires or self._failures:  # fresh, or stale because refreshes fail
+                    return _Plan(key=key, background=self._background_due(now))
+                return self._join_or_lead()  # expired after a good fetch: refetch before answering
+            if keys is not None:
+                return self._plan_unknown(kid, now)
+            if self._joinable() is not None or now >= self._retry_at:
+                return self._join_or_lead()
+            return _Plan(error=self._unavailable(now))
+
+    def _plan_unknown(self, kid: str | None, now: float) -> _Plan:
+        if kid is not None and self._unknown.get(kid, -math.inf) > now:
+            return _Plan(error=_unknown_key(kid))
+        if self._joinable() is not None:
+            return self._join_or_lead()
+        if now < self._unknown_until or now < self._retry_at:
+            self._remember_unknown(kid, now)
+            return _Plan(error=_unknown_key(kid))
+        self._unknown_until = now + self._cooldown
+        return self._join_or_lead()
+
+    def _settled(self, kid: str | None, alg: str) -> _Plan:
+        """The final answer after waiting for a fetch: no further fetch, no further wait."""
+        now = self._clock()
+        with self._lock:
+            keys = self._usable(now)
+            if keys is None:
+                return _Plan(error=self._unavailable(now))
+            key = keys.find(kid, alg)
+            if key is None:
+                self._remember_unknown(kid, now)
+                return _Plan(error=_unknown_key(kid))
+            return _Plan(key=key)
+
+    def _usable(self, now: float) -> KeySet | None:
+        if self._keys is not None and now < self._expires + self._max_stale:
+            return self._keys
+        return None
+
+    def _joinable(self) -> Future[None] | None:
+        if self._inflight is not None and time.monotonic() - self._inflight_since > self._wait_limit:
+            self._inflight = None  # its runner vanished (e.g. its event loop closed mid-fetch)
+        return self._inflight
+
+    def _join_or_lead(self) -> _Plan:
+        inflight = self._joinable()
+        if inflight is not None:
+            return _Plan(wait=inflight)
+        seq, future = self._begin()
+        return _Plan(wait=future, lead=seq)
+
+    def _background_due(self, now: float) -> tuple[int, Future[None]] | None:
+        if now < self._refresh_at or now < self._retry_at or self._joinable() is not None:
+            return None
+        return self._begin()
+
+    def _begin(self) -> tuple[int, Future[None]]:
+        self._seq += 1
+        self._fetch_count += 1
+        future: Future[None] = Future()
+        future.set_running_or_notify_cancel()  # a running future cannot be cancelled by a waiter
+        self._inflight, self._inflight_since = future, time.monotonic()
+        return self._seq, future
+
+    def _remember_unknown(self, kid: str | None, now: float) -> None:
+        if kid is None or now >= self._unknown_until:
+            return
+        if len(self._unknown) >= MAX_UNKNOWN_KIDS:
+            self._unknown = {k: until for k, until in self._unknown.items() if until > now}
+        if len(self._unknown) < MAX_UNKNOWN_KIDS:
+            self._unknown[kid] = self._unknown_until
+
+    def _unavailable(self, now: float) -> KeySetUnavailable:
+        retry = self._retry_at - now if self._retry_at > now else self.fetcher.timeout
+        detail = self._last_error or "the key set is still being fetched"
+        return KeySetUnavailable(f"no usable verification keys for issuer {self.fetcher.issuer!r}: {detail}",
+                                 retry_after=math.ceil(retry))
+
+    # -- fetches ---------------------------------------------------------------------------------
+
+    def _start_background(self, plan: _Plan) -> None:
+        if plan.background is None:
+            return
+        seq, future = plan.background
+        thread = threading.Thread(target=self._run, args=(seq, future), name="k8s-jwt-auth-keys", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # cannot start a thread (interpreter shutting down): just don't refresh
+            self._settle(future)
+
+    def _run(self, seq: int, future: Future[None] | None) -> FetchError | None:
+        try:
+            self._succeeded(seq, self.fetcher.fetch())
+        except FetchError as exc:
+            return self._failed(seq, exc)
+        finally:
+            self._settle(future)
+        return None
+
+    async def _run_async(self, seq: int, future: Future[None] | None) -> FetchError | None:
+        try:
+            self._succeeded(seq, await self._fetch_async())
+        except FetchError as exc:
+            return self._failed(seq, exc)
+        finally:  # also when the caller is cancelled: waiters must not wait for a fetch nobody runs
+            self._settle(future)
+        return None
+
+    async def _fetch_async(self) -> FetchResult:
+        try:
+            return await asyncio.wait_for(self.fetcher.fetch_async(), self.fetcher.max_duration)
+        except asyncio.TimeoutError:
+            raise FetchError("timeout", f"fetching the keys took more than {self.fetcher.max_duration:g} s") from None
+
+    def _settle(self, future: Future[None] | None) -> None:
+        with self._lock:
+            if self._inflight is future:
+                self._inflight = None
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _succeeded(self, seq: int, result: FetchResult) -> None:
+        now, max_age = self._clock(), self._effective_max_age(result.max_age)
+        with self._lock:
+            if seq < self._applied:  # a newer fetch already answered: never go back to older keys
+                return
+            self._keys, self._jwks_uri, self._applied = result.keys, result.jwks_uri, seq
+            self._fetched_at, self._max_age = now, max_age
+            self._expires, self._refresh_at = now + max_age, now + REFRESH_AHEAD * max_age
+            self._failures, self._retry_at, self._last_error = 0, -math.inf, None
+        logger.debug("fetched %d keys from %s (kids %s, max age %g s)", len(result.keys), result.jwks_uri,
+                     ", ".join(str(k) for k in result.keys.kids), max_age)
+
+    def _failed(self, seq: int, error: FetchError) -> FetchError:
+        now = self._clock()
+        with self._lock:
+            if seq < self._applied:
+                return error
+            self._failures += 1
+            self._retry_at = now + min(max(self._cooldown, 1.0), 2.0 ** min(self._failures - 1, 16))
+            self._last_error = error.message
+            serving, age, retry = self._usable(now) is not None, now - self._fetched_at, self._retry_at - now
+        if serving:
+            logger.warning("refreshing the keys of %s failed: %s; still serving the last good keys, fetched %.0f s "
+                           "ago (up to %.0f s past their max age); next try in %.0f s", self.fetcher.issuer,
+                           error.message, age, self._max_stale, retry)
+        else:
+            logger.warning("fetching the keys of %s failed: %s; tokens cannot be verified (503) until a fetch "
+                           "succeeds; next try in %.0f s", self.fetcher.issuer, error.message, retry)
+        return error
+
+    def _refreshed(self, error: FetchError | None) -> KeySet:
+        with self._lock:
+            keys, retry = self._keys, max(1.0, self._retry_at - self._clock())
+        if error is not None or keys is None:
+            message = error.message if error is not None else "no key set"
+            raise KeySetUnavailable(f"refreshing the keys of {self.fetcher.issuer!r} failed: {message}",
+                                    retry_after=math.ceil(retry)) from error
+        return keys
+
+    def _effective_max_age(self, advertised: float | None) -> float:
+        if advertised is None:
+            return self._cache_max_age
+        return min(self._cache_max_age, max(min(MIN_MAX_AGE, self._cache_max_age), advertised))
+
+
+def _unknown_key(kid: str | None) -> InvalidToken:
+    shown = kid if kid is None or len(kid) <= 64 else kid[:64] + "..."
+    return InvalidToken(f"no key with kid {shown!r} in the issuer's key set", reason="unknown_key", claim="kid")
+
+
+async def _wait_async(future: Future[None], timeout: float) -> None:
+    """Wait for a fetch run by another thread or task without blocking the loop (and never cancel it)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object) -> None:
+        try:
+            loop.call_soon_threadsafe(_resolve, done)
+        except RuntimeError:  # the loop closed while this waiter was pending
+            pass
+
+    future.add_done_callback(wake)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

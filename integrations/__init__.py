@@ -1,0 +1,14 @@
+"""Framework adapters for k8s-jwt-auth. Import the one you use; this package imports none of them.
+
+* `k8s_jwt_auth.integrations.starlette` — pure ASGI `K8sJWTAuthMiddleware`, `WorkloadAuthBackend` for
+  Starlette's `AuthenticationMiddleware`, `WorkloadUser` (`request.user.workload`). Extra: `[starlette]`.
+* `k8s_jwt_auth.integrations.fastapi` — `require_workload(...)` dependencies, the `Workload` annotation,
+  `install(app, verifier)`. Extra: `[fastapi]`.
+
+Each adapter only reads the token from the request, calls the shared `TokenVerifier`, stores the
+identity where the framework expects it and renders an `AuthError` as the framework's response.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

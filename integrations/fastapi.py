@@ -1,0 +1,241 @@
+"""FastAPI: workload authentication as dependencies, with per-route policies and an OpenAPI Bearer scheme.
+
+```python
+from fastapi import Depends, FastAPI
+from k8s_jwt_auth import TokenVerifier, VerifierConfig, WorkloadIdentity
+from k8s_jwt_auth.integrations.fastapi import Workload, install, require_workload
+
+app = FastAPI()
+install(app, TokenVerifier(VerifierConfig.from_env()))  # app.state.k8s_jwt_auth + error handlers
+
+@app.get("/whoami")
+async def whoami(workload: Workload) -> dict:              # the verifier's own policy (K8S_JWT_AUTH_ALLOW)
+    return workload.to_dict()
+
+@app.post("/charge", dependencies=[Depends(require_workload("payments/*", "!payments/batch"))])
+async def charge() -> None: ...
+```
+
+Where the workload comes from: if `K8sJWTAuthMiddleware` (or Starlette's `AuthenticationMiddleware`
+with `WorkloadAuthBackend`) already authenticated the request, the dependency reuses
+`request.user.workload` and only applies its own policy. Otherwise it reads the bearer token and
+verifies it with `verify_async`, using the dependency's `verifier=` or the one `install()` put on
+`app.state.k8s_jwt_auth`.
+
+How errors render: the dependencies raise `WorkloadHTTPException` (an `HTTPException`) with our status
+and `WWW-Authenticate`/`Retry-After` headers. `install()` / `add_exception_handlers()` register a handler
+that answers with our exact body, `{"error", "reason", "message"}`; without it FastAPI's default
+handler wraps the same body as `{"detail": {...}}` (status and headers unchanged). In websocket routes
+the dependencies raise `WebSocketException` (close code 1008, or 1013 when keys are unavailable).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+try:
+    from fastapi import Depends, HTTPException, WebSocketException
+    from fastapi.security import APIKeyHeader, HTTPBearer
+    from starlette.applications import Starlette
+    from starlette.requests import HTTPConnection, Request
+    from starlette.responses import Response
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ImportError('k8s_jwt_auth.integrations.fastapi needs FastAPI: pip install "k8s-jwt-auth[fastapi]"') from exc
+
+from k8s_jwt_auth import AuthError, Policy, Rule, TokenVerifier, VerifierConfig
+from k8s_jwt_auth._http import error_response, missing_token
+from k8s_jwt_auth.errors import ConfigurationError
+from k8s_jwt_auth.identity import WorkloadIdentity
+
+from ._asgi_common import (
+    build_verifier,
+    check_policy,
+    header_name,
+    log_rejection,
+    read_token,
+    websocket_close_code,
+)
+from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response
+
+__all__ = [
+    "STATE_KEY",
+    "K8sJWTAuthMiddleware",
+    "OptionalWorkload",
+    "Workload",
+    "WorkloadHTTPException",
+    "WorkloadUser",
+    "add_exception_handlers",
+    "auth_exception_handler",
+    "install",
+    "require_workload",
+]
+
+logger = logging.getLogger("k8s_jwt_auth.integrations.fastapi")
+
+STATE_KEY = "k8s_jwt_auth"
+"""The `app.state` attribute holding the app's `TokenVerifier` (set by `install`)."""
+
+SCHEME_NAME = "KubernetesServiceAccountToken"
+_SCHEME_DESCRIPTION = "A Kubernetes projected service-account token (`Authorization: Bearer <token>`)."
+_NO_VERIFIER = ("no TokenVerifier for this app: call k8s_jwt_auth.integrations.fastapi.install(app, verifier) "
+                "at startup, or pass verifier= to require_workload()")
+
+
+class WorkloadHTTPException(HTTPException):
+    """The `HTTPException` the dependencies raise: 401, 403 or 503 with our headers and body as `detail`.
+
+    Attributes:
+        error: the `AuthError` that refused the request.
+        realm: the realm of the `WWW-Authenticate` challenge.
+    """
+
+    def __init__(self, error: AuthError, realm: str | None = None) -> None:
+        rendered = error_response(error, realm)
+        headers = {name: value for name, value in rendered.headers if name.lower() != "content-type"}
+        super().__init__(rendered.status, detail=rendered.body, headers=headers)
+        self.error = error
+        self.realm = realm
+
+
+async def auth_exception_handler(request: Request, exc: Exception) -> Response:
+    """Render `WorkloadHTTPException` and any `AuthError` raised in a route as our exact JSON response."""
+    if isinstance(exc, WorkloadHTTPException):
+        return auth_error_response(exc.error, exc.realm)
+    if isinstance(exc, AuthError):
+        return auth_error_response(exc)
+    raise exc  # pragma: no cover - only registered for the two classes above
+
+
+def add_exception_handlers(app: Starlette) -> None:
+    """Register `auth_exception_handler` for `WorkloadHTTPException` and `AuthError` on `app`."""
+    app.add_exception_handler(WorkloadHTTPException, auth_exception_handler)
+    app.add_exception_handler(AuthError, auth_exception_handler)
+
+
+def install(app: Starlette, verifier: TokenVerifier | VerifierConfig | None = None) -> TokenVerifier:
+    """Make `verifier` the app's verifier (`app.state.k8s_jwt_auth`) and add our exception handlers.
+
+    Args:
+        app: the FastAPI (or Starlette) app.
+        verifier: a `TokenVerifier`, a `VerifierConfig`, or `None` for `VerifierConfig.from_env()`.
+
+    Returns:
+        The verifier, to share with `K8sJWTAuthMiddleware` if you add it too.
+
+    Raises:
+        ConfigurationError: for missing or invalid `K8S_JWT_AUTH_*` variables.
+    """
+    built = build_verifier(verifier)
+    setattr(app.state, STATE_KEY, built)
+    add_exception_handlers(app)
+    return built
+
+
+class _Guard:
+    """The work behind one `require_workload(...)` dependency."""
+
+    __slots__ = ("header", "optional", "policy", "realm", "verifier")
+
+    def __init__(self, *, policy: Policy | None, verifier: TokenVerifier | None, optional: bool, header: bytes,
+                 realm: str | None) -> None:
+        self.policy = policy
+        self.verifier = verifier
+        self.optional = optional
+        self.header = header
+        self.realm = realm
+
+    async def __call__(self, conn: HTTPConnection) -> WorkloadIdentity | None:
+        token: str | None = None
+        try:
+            user = conn.scope.get("user")
+            if isinstance(user, WorkloadUser):  # the middleware verified it already
+                check_policy(user.workload, self._policy(self._find_verifier(conn)), logger)
+                return user.workload
+            token = read_token(conn.scope, self.header)
+            return await self._verify(conn, token)
+        except AuthError as exc:
+            log_rejection(logger, conn.scope, exc, token)
+            if conn.scope["type"] == "websocket":
+                raise WebSocketException(websocket_close_code(exc), exc.reason) from exc
+            raise WorkloadHTTPException(exc, self.realm) from exc
+
+    async def _verify(self, conn: HTTPConnection, token: str | None) -> WorkloadIdentity | None:
+        if token is None:
+            if self.optional:
+                return None
+            raise missing_token()
+        verifier = self._find_verifier(conn)
+        if verifier is None:
+            raise RuntimeError(_NO_VERIFIER)
+        workload = await verifier.verify_async(token)
+        check_policy(workload, self._policy(verifier), logger)
+        return workload
+
+    def _find_verifier(self, conn: HTTPConnection) -> TokenVerifier | None:
+        return self.verifier or getattr(conn.app.state, STATE_KEY, None)
+
+    def _policy(self, verifier: TokenVerifier | None) -> Policy | None:
+        if self.policy is not None:
+            return self.policy
+        return verifier.policy if verifier is not None else None
+
+
+def _scheme(header: str) -> HTTPBearer | APIKeyHeader:
+    if header.lower() == "authorization":
+        return HTTPBearer(auto_error=False, bearerFormat="JWT", scheme_name=SCHEME_NAME,
+                          description=_SCHEME_DESCRIPTION)
+    return APIKeyHeader(name=header, auto_error=False, scheme_name=SCHEME_NAME,
+                        description=f"`{header}: Bearer <token>` with a Kubernetes service-account token.")
+
+
+def require_workload(
+    *rules: str | Rule,
+    policy: Policy | None = None,
+    verifier: TokenVerifier | VerifierConfig | None = None,
+    optional: bool = False,
+    header: str = "authorization",
+    realm: str | None = None,
+) -> Callable[..., Awaitable[WorkloadIdentity | None]]:
+    """A dependency that yields the verified, policy-checked `WorkloadIdentity` of the request.
+
+    ```python
+    Payments = Annotated[WorkloadIdentity, Depends(require_workload("payments/*", "!payments/batch"))]
+    ```
+
+    Args:
+        *rules: compact policy rules for this route (`payments/*`, `!kube-system/*`, `frontend/web/web-*`).
+        policy: a `Policy` for this route, instead of `rules` (e.g. `Policy.parse(..., dry_run=True)`).
+            With neither, the verifier's own policy applies (`allow` / `K8S_JWT_AUTH_ALLOW`).
+        verifier: the verifier to use; default the app's (`install(app, verifier)`).
+        optional: yield `None` for requests without bearer credentials (a bad token is still refused).
+        header: the header holding `Bearer <token>`.
+        realm: the `realm` of `WWW-Authenticate` challenges.
+
+    Returns:
+        The dependency callable; it registers an HTTP Bearer security scheme in the OpenAPI schema.
+
+    Raises:
+        ConfigurationError: for rules that do not parse, or both `rules` and `policy`.
+    """
+    if rules and policy is not None:
+        raise ConfigurationError("give policy rules either as *rules or as policy=, not both")
+    guard = _Guard(policy=Policy(rules) if rules else policy,
+                   verifier=None if verifier is None else build_verifier(verifier),
+                   optional=optional, header=header_name(header), realm=realm)
+    scheme = _scheme(header)
+
+    # A default, not Annotated[...]: annotations are strings here, resolved in module globals, not this closure.
+    async def workload_dependency(conn: HTTPConnection,
+                                  _credentials: Any = Depends(scheme)) -> WorkloadIdentity | None:  # noqa: B008
+        return await guard(conn)
+
+    return workload_dependency
+
+
+Workload = Annotated[WorkloadIdentity, Depends(require_workload())]
+"""A route parameter annotation: the verified workload, checked against the verifier's policy."""
+
+OptionalWorkload = Annotated[WorkloadIdentity | None, Depends(require_workload(optional=True))]
+"""Like `Workload`, but `None` for requests without bearer credentials."""

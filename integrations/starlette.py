@@ -1,0 +1,263 @@
+"""Starlette (and any ASGI app): authenticate Kubernetes workloads with a pure ASGI middleware.
+
+```python
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
+
+app = Starlette(routes=..., middleware=[
+    Middleware(K8sJWTAuthMiddleware, verifier=verifier, exempt_paths=["/healthz"]),
+])
+
+async def whoami(request):
+    workload = request.user.workload            # a k8s_jwt_auth.WorkloadIdentity
+    assert "namespace:payments" in request.auth.scopes
+```
+
+Scope keys set on `http` and `websocket` connections (never on `lifespan`):
+
+* `scope["user"]` — a `WorkloadUser` (`.workload` is the `WorkloadIdentity`; `identity` and
+  `display_name` are `system:serviceaccount:NS:SA`), or `UnauthenticatedUser` for exempt paths and
+  anonymous requests in optional mode;
+* `scope["auth"]` — `AuthCredentials` with the scopes of `auth_scopes()`: `authenticated`, `workload`,
+  `namespace:NS`, `serviceaccount:NS:SA`, `audience:AUD`..., and `pod-bound` for pod-bound tokens.
+
+Refusals: 401 (`WWW-Authenticate: Bearer ...`, RFC 6750) for missing or invalid tokens, 403 for
+policy denials, 503 with `Retry-After` when no keys are available; the body is
+`{"error", "reason", "message"}`. A refused websocket is closed before it is accepted, with code 1008
+(policy violation), or 1013 (try again later) when keys are unavailable; the close reason is the
+`reason` code. Tokens are never logged: logs (logger `k8s_jwt_auth.integrations.starlette`) show the
+token's SHA-256 fingerprint.
+
+For Starlette's own `AuthenticationMiddleware`, use `WorkloadAuthBackend` with our `on_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+try:
+    from starlette.authentication import (
+        AuthCredentials,
+        AuthenticationBackend,
+        AuthenticationError,
+        BaseUser,
+        UnauthenticatedUser,
+    )
+    from starlette.requests import HTTPConnection
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Receive, Scope, Send
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ImportError('k8s_jwt_auth.integrations.starlette needs Starlette: pip install "k8s-jwt-auth[starlette]"'
+                      ) from exc
+
+from k8s_jwt_auth import AuthError, InvalidToken, Policy, TokenVerifier, VerifierConfig
+from k8s_jwt_auth._http import error_response, missing_token
+from k8s_jwt_auth.identity import WorkloadIdentity
+
+from ._asgi_common import (
+    Authenticator,
+    PathMatcher,
+    auth_scopes,
+    build_verifier,
+    header_name,
+    log_rejection,
+    route_path,
+    websocket_close_code,
+)
+
+__all__ = [
+    "K8sJWTAuthMiddleware",
+    "WorkloadAuthBackend",
+    "WorkloadAuthenticationError",
+    "WorkloadUser",
+    "auth_error_response",
+    "auth_scopes",
+    "credentials_for",
+    "on_error",
+    "websocket_close_code",
+]
+
+logger = logging.getLogger("k8s_jwt_auth.integrations.starlette")
+
+
+class WorkloadUser(BaseUser):
+    """The `request.user` of a verified workload.
+
+    Attributes:
+        workload: the verified `WorkloadIdentity`.
+    """
+
+    def __init__(self, workload: WorkloadIdentity) -> None:
+        self.workload = workload
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Always `True`."""
+        return True
+
+    @property
+    def display_name(self) -> str:
+        """`system:serviceaccount:NS:SA`."""
+        return self.workload.username
+
+    @property
+    def identity(self) -> str:
+        """`system:serviceaccount:NS:SA` (Starlette's `identity` is a string; the object is `.workload`)."""
+        return self.workload.username
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WorkloadUser) and other.workload == self.workload
+
+    def __hash__(self) -> int:
+        return hash(self.workload)
+
+    def __repr__(self) -> str:
+        return f"WorkloadUser({self.workload.username!r})"
+
+
+def credentials_for(workload: WorkloadIdentity) -> tuple[AuthCredentials, WorkloadUser]:
+    """The `(scope["auth"], scope["user"])` pair of a verified workload."""
+    return AuthCredentials(auth_scopes(workload)), WorkloadUser(workload)
+
+
+def auth_error_response(exc: AuthError, realm: str | None = None) -> Response:
+    """Render an `AuthError` as a Starlette `Response`: status, `WWW-Authenticate`/`Retry-After`, JSON body."""
+    rendered = error_response(exc, realm)
+    return Response(rendered.json_bytes(), status_code=rendered.status, headers=dict(rendered.headers))
+
+
+class K8sJWTAuthMiddleware:
+    """Pure ASGI middleware that verifies `Authorization: Bearer <token>` on every HTTP and websocket request.
+
+    Args:
+        app: the ASGI app to protect.
+        verifier: a `TokenVerifier`, a `VerifierConfig`, or `None` to build one from `K8S_JWT_AUTH_*`
+            environment variables (`VerifierConfig.from_env()`).
+        header: the header holding `Bearer <token>` (e.g. `x-forwarded-authorization` behind a proxy).
+        exempt_paths: paths let through unauthenticated (`UnauthenticatedUser`): exact (`/healthz`) or
+            prefixes (`/public/*`), matched against the route path (without `root_path`).
+        optional: let requests *without* bearer credentials through as `UnauthenticatedUser`; a bad
+            token is still refused.
+        policy: the policy every authenticated request must pass; default `verifier.policy`
+            (`allow`/`K8S_JWT_AUTH_ALLOW`). A dry-run policy logs would-be denials and lets them through.
+        realm: the `realm` of `WWW-Authenticate` challenges.
+        websocket: authenticate websocket connections too; with `False` they pass through untouched.
+
+    Raises:
+        ConfigurationError: for invalid settings or missing environment variables (at construction).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: TokenVerifier | VerifierConfig | None = None,
+        *,
+        header: str = "authorization",
+        exempt_paths: Sequence[str] = (),
+        optional: bool = False,
+        policy: Policy | None = None,
+        realm: str | None = None,
+        websocket: bool = True,
+    ) -> None:
+        self.app = app
+        self.verifier = build_verifier(verifier)
+        self.policy = policy if policy is not None else self.verifier.policy
+        self.optional = optional
+        self.realm = realm
+        self._exempt = PathMatcher(exempt_paths)
+        self._types = frozenset({"http", "websocket"} if websocket else {"http"})
+        self._auth = Authenticator(self.verifier, policy=self.policy, header=header_name(header), logger=logger)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in self._types:
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope["auth"], scope["user"] = await self._authenticate(scope)
+        except AuthError as exc:
+            await self._reject(scope, receive, send, exc)
+            return
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, scope: Scope) -> tuple[AuthCredentials, BaseUser]:
+        if self._exempt and self._exempt(route_path(scope)):
+            return AuthCredentials(), UnauthenticatedUser()
+        workload = await self._auth.authenticate(scope)
+        if workload is not None:
+            return credentials_for(workload)
+        if not self.optional:
+            error = missing_token()
+            log_rejection(logger, scope, error)
+            raise error
+        return AuthCredentials(), UnauthenticatedUser()
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, exc: AuthError) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": websocket_close_code(exc), "reason": exc.reason})
+            return
+        await auth_error_response(exc, self.realm)(scope, receive, send)
+
+
+class WorkloadAuthenticationError(AuthenticationError):
+    """Starlette's `AuthenticationError` carrying our `AuthError` (for `on_error`).
+
+    Attributes:
+        error: the `AuthError` that refused the request.
+        realm: the realm for the challenge.
+    """
+
+    def __init__(self, error: AuthError, realm: str | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.realm = realm
+
+
+class WorkloadAuthBackend(AuthenticationBackend):
+    """A backend for Starlette's `AuthenticationMiddleware`; pass `on_error=on_error` with it.
+
+    ```python
+    Middleware(AuthenticationMiddleware, backend=WorkloadAuthBackend(verifier), on_error=on_error)
+    ```
+
+    Returns `None` for requests without bearer credentials (Starlette then sets `UnauthenticatedUser`),
+    raises `WorkloadAuthenticationError` for bad credentials or a policy denial, and returns
+    `(AuthCredentials, WorkloadUser)` otherwise. Starlette's middleware closes refused websockets
+    with code 1000; use `K8sJWTAuthMiddleware` for 1008/1013.
+
+    Args:
+        verifier: a `TokenVerifier`, a `VerifierConfig`, or `None` for `VerifierConfig.from_env()`.
+        header: the header holding `Bearer <token>`.
+        policy: the policy to apply; default `verifier.policy`.
+        realm: the `realm` of `WWW-Authenticate` challenges rendered by `on_error`.
+    """
+
+    def __init__(self, verifier: TokenVerifier | VerifierConfig | None = None, *, header: str = "authorization",
+                 policy: Policy | None = None, realm: str | None = None) -> None:
+        self.verifier = build_verifier(verifier)
+        self.policy = policy if policy is not None else self.verifier.policy
+        self.realm = realm
+        self._auth = Authenticator(self.verifier, policy=self.policy, header=header_name(header), logger=logger)
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        """Verify the request's bearer token, if it has one.
+
+        Raises:
+            WorkloadAuthenticationError: the credentials are bad, keys are unavailable or the policy denies.
+        """
+        try:
+            workload = await self._auth.authenticate(conn.scope)
+        except AuthError as exc:
+            raise WorkloadAuthenticationError(exc, self.realm) from exc
+        return None if workload is None else credentials_for(workload)
+
+
+def on_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    """`on_error` for Starlette's `AuthenticationMiddleware`: our 401/403/503 JSON responses.
+
+    Another backend's `AuthenticationError` becomes a plain 401 that does not echo its message.
+    """
+    if isinstance(exc, WorkloadAuthenticationError):
+        return auth_error_response(exc.error, exc.realm)
+    return auth_error_response(InvalidToken("the credentials were rejected"))

@@ -1,0 +1,103 @@
+"""Helpers for the Starlette/FastAPI tests: TestClient import, verifiers on the fake issuer, a real uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from k8s_jwt_auth import KeySetUnavailable, TokenVerifier, VerificationKey, VerifierConfig
+from k8s_jwt_auth.testing import FakeIssuer, SigningKey
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers httpx2 under its TestClient and warns when it falls back to httpx; both work.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+__all__ = [
+    "MALFORMED_HEADERS",
+    "TestClient",
+    "UnavailableKeys",
+    "bad_tokens",
+    "bearer",
+    "run_uvicorn",
+    "static_verifier",
+]
+
+
+def static_verifier(issuer: FakeIssuer, **overrides: Any) -> TokenVerifier:
+    """A verifier for the fake issuer's current keys, given statically (no fetch), audience "test"."""
+    settings: dict[str, Any] = {"issuer": issuer.issuer, "audiences": ["test"], "jwks": issuer.jwks()}
+    settings.update(overrides)
+    return TokenVerifier(VerifierConfig(**settings))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class UnavailableKeys:
+    """A key source that can never get keys (the issuer is down): every lookup is a 503."""
+
+    def get(self, kid: str | None, alg: str) -> VerificationKey:
+        raise KeySetUnavailable("the issuer is down", retry_after=7)
+
+    async def get_async(self, kid: str | None, alg: str) -> VerificationKey:
+        return self.get(kid, alg)
+
+
+def bad_tokens(issuer: FakeIssuer) -> dict[str, tuple[str, str]]:
+    """Tokens the verifier must refuse, each with its expected reason."""
+    good = issuer.mint("payments", "worker", pod="worker-1")
+    head, payload, signature = good.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    return {
+        "expired": (issuer.mint(now=time.time() - 7200, lifetime=600), "expired"),
+        "tampered": (f"{head}.{payload}.{flipped}", "bad_signature"),
+        "wrong_audience": (issuer.mint(audiences="someone-else"), "bad_audience"),
+        "foreign_key": (issuer.mint(key=SigningKey.generate("ES256")), "unknown_key"),
+        "garbage": ("not-a-jwt", "malformed"),
+    }
+
+
+# Authorization header values that must be answered with a 4xx (never a 2xx or a 5xx).
+MALFORMED_HEADERS: dict[str, bytes] = {
+    "bearer_without_token": b"Bearer",
+    "bearer_blank": b"Bearer    ",
+    "two_tokens": b"Bearer a b",
+    "tab_inside": b"Bearer a\tb",
+    "other_scheme": b"Basic dXNlcjpwYXNz",
+    "empty": b"",
+    "non_latin1_bytes": b"Bearer \xff\xfe\xc3\x28",
+    "utf8_token": "Bearer ťoken".encode(),
+    "three_dots": b"Bearer ...",
+    "huge_token": b"Bearer " + b"a" * 20_000,
+    "huge_header": b"Bearer " + b"a.b.c" * 14_000,
+    "json_token": b'Bearer {"alg":"none"}',
+}
+
+
+@contextlib.contextmanager
+def run_uvicorn(app: Any, *, timeout: float = 10.0) -> Iterator[str]:
+    """Serve `app` with a real uvicorn on a free port of 127.0.0.1 in a thread; yield its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", ws="none", log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

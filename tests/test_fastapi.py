@@ -1,0 +1,321 @@
+"""FastAPI dependencies: per-route policies, OpenAPI security scheme, errors, reuse of the middleware's workload."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import pytest
+from fastapi import Depends, FastAPI, WebSocket
+from k8s_jwt_auth.integrations.fastapi import (
+    K8sJWTAuthMiddleware,
+    OptionalWorkload,
+    Workload,
+    add_exception_handlers,
+    install,
+    require_workload,
+)
+from starlette.websockets import WebSocketDisconnect
+
+from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig, WorkloadIdentity
+from k8s_jwt_auth._http import missing_token
+from k8s_jwt_auth.testing import FakeIssuer
+
+from ._asgi import MALFORMED_HEADERS, TestClient, UnavailableKeys, bad_tokens, bearer, static_verifier
+
+Payments = Annotated[WorkloadIdentity, Depends(require_workload("payments/*", "!payments/batch"))]
+
+
+def make_app(**install_options: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/whoami")
+    async def whoami(workload: Workload) -> dict[str, Any]:
+        return workload.to_dict()
+
+    @app.get("/payments")
+    async def payments(workload: Payments) -> dict[str, str]:
+        return {"caller": workload.username}
+
+    @app.get("/not-kube", dependencies=[Depends(require_workload("!kube-system/*"))])
+    def not_kube() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/web-pods", dependencies=[Depends(require_workload("frontend/web/web-*"))])
+    def web_pods() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/maybe")
+    async def maybe(workload: OptionalWorkload) -> dict[str, str | None]:
+        return {"caller": workload.username if workload else None}
+
+    @app.get("/dry", dependencies=[Depends(require_workload(policy=Policy.parse("payments/*", dry_run=True)))])
+    def dry() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/enforce-in-route")
+    async def enforce_in_route(workload: Workload) -> None:
+        Policy.parse("nobody/*").enforce(workload)  # an AuthError raised by route code renders the same way
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket, workload: Workload) -> None:
+        await websocket.accept()
+        await websocket.send_json({"caller": workload.username})
+        await websocket.close()
+
+    return app
+
+
+@pytest.fixture
+def issuer(k8s_issuer_session: FakeIssuer) -> Iterator[FakeIssuer]:
+    """The session's fake issuer, with failure modes cleared but its key kept.
+
+    These tests only mint tokens and never rotate keys; a fresh RSA key per test would dominate their run time.
+    """
+    k8s_issuer_session.fail(None)
+    yield k8s_issuer_session
+    k8s_issuer_session.fail(None)
+
+
+@pytest.fixture
+def verifier(issuer: FakeIssuer) -> TokenVerifier:
+    return static_verifier(issuer)
+
+
+@pytest.fixture
+def client(verifier: TokenVerifier) -> Iterator[TestClient]:
+    app = make_app()
+    install(app, verifier)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_workload_dependency_returns_the_identity(client: TestClient, issuer: FakeIssuer,
+                                                  verifier: TokenVerifier) -> None:
+    token = issuer.mint("payments", "worker", pod="worker-1")
+    response = client.get("/whoami", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.json() == verifier.verify(token).to_dict()
+
+
+def test_missing_token_is_401_not_403(client: TestClient) -> None:
+    response = client.get("/whoami")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == missing_token().to_dict()
+
+
+@pytest.mark.parametrize("case", ["expired", "tampered", "wrong_audience", "foreign_key", "garbage"])
+def test_invalid_tokens_are_401_with_our_exact_body(client: TestClient, issuer: FakeIssuer, case: str) -> None:
+    token, reason = bad_tokens(issuer)[case]
+    response = client.get("/whoami", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token", error_description="')
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "reason", "message"}
+    assert (body["error"], body["reason"]) == ("invalid_token", reason)
+
+
+@pytest.mark.parametrize(("path", "namespace", "service_account", "pod", "status"), [
+    ("/payments", "payments", "worker", None, 200),
+    ("/payments", "payments", "batch", None, 403),
+    ("/payments", "frontend", "web", None, 403),
+    ("/not-kube", "frontend", "web", None, 200),
+    ("/not-kube", "kube-system", "admin", None, 403),
+    ("/web-pods", "frontend", "web", "web-7f9c", 200),
+    ("/web-pods", "frontend", "web", "cron-1", 403),
+    ("/web-pods", "frontend", "web", None, 403),
+])
+def test_per_route_policies(client: TestClient, issuer: FakeIssuer, path: str, namespace: str,
+                            service_account: str, pod: str | None, status: int) -> None:
+    response = client.get(path, headers=bearer(issuer.mint(namespace, service_account, pod=pod)))
+    assert response.status_code == status
+    if status == 403:
+        assert response.json()["reason"] == "policy_denied"
+        assert response.headers["www-authenticate"].startswith('Bearer error="insufficient_scope"')
+
+
+def test_the_verifiers_policy_is_the_default(issuer: FakeIssuer) -> None:
+    app = make_app()
+    install(app, static_verifier(issuer, allow=["payments/*"]))
+    with TestClient(app) as client:
+        assert client.get("/whoami", headers=bearer(issuer.mint("payments", "a"))).status_code == 200
+        assert client.get("/whoami", headers=bearer(issuer.mint("other", "a"))).status_code == 403
+
+
+def test_dry_run_route_policy_lets_requests_through(client: TestClient, issuer: FakeIssuer,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="k8s_jwt_auth.integrations.fastapi")
+    response = client.get("/dry", headers=bearer(issuer.mint("kube-system", "admin")))
+    assert response.status_code == 200
+    assert "policy dry run: system:serviceaccount:kube-system:admin" in caplog.text
+
+
+def test_optional_workload(client: TestClient, issuer: FakeIssuer) -> None:
+    assert client.get("/maybe").json() == {"caller": None}
+    assert client.get("/maybe", headers=bearer("not-a-jwt")).status_code == 401
+    response = client.get("/maybe", headers=bearer(issuer.mint("payments", "worker")))
+    assert response.json() == {"caller": "system:serviceaccount:payments:worker"}
+
+
+def test_auth_errors_raised_by_route_code_render_as_our_body(client: TestClient, issuer: FakeIssuer) -> None:
+    response = client.get("/enforce-in-route", headers=bearer(issuer.mint()))
+    assert response.status_code == 403
+    assert response.json()["reason"] == "policy_denied"
+
+
+def test_keys_unavailable_is_503_with_retry_after(issuer: FakeIssuer) -> None:
+    config = VerifierConfig(issuer=issuer.issuer, audiences=["test"], jwks=issuer.jwks())
+    app = make_app()
+    install(app, TokenVerifier(config, keys=UnavailableKeys()))
+    with TestClient(app) as client:
+        response = client.get("/whoami", headers=bearer(issuer.mint()))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    assert "www-authenticate" not in response.headers
+    assert (response.json()["error"], response.json()["reason"]) == ("temporarily_unavailable", "keys_unavailable")
+
+
+def test_failing_issuer_is_503(issuer: FakeIssuer) -> None:
+    pytest.importorskip("k8s_jwt_auth._remote")
+    issuer.fail("error")
+    app = make_app()
+    install(app, VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
+    with TestClient(app) as client:
+        response = client.get("/whoami", headers=bearer(issuer.mint()))
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_openapi_has_an_http_bearer_scheme(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {"KubernetesServiceAccountToken": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "A Kubernetes projected service-account token (`Authorization: Bearer <token>`).",
+    }}
+    for path in ("/whoami", "/payments", "/not-kube", "/maybe"):
+        assert schema["paths"][path]["get"]["security"] == [{"KubernetesServiceAccountToken": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_custom_header_dependency(verifier: TokenVerifier, issuer: FakeIssuer) -> None:
+    app = FastAPI()
+
+    @app.get("/x", dependencies=[Depends(require_workload(header="X-Workload-Token"))])
+    def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    install(app, verifier)
+    token = issuer.mint()
+    with TestClient(app) as client:
+        assert client.get("/x", headers=bearer(token)).status_code == 401
+        assert client.get("/x", headers={"X-Workload-Token": f"Bearer {token}"}).status_code == 200
+        scheme = client.get("/openapi.json").json()["components"]["securitySchemes"]["KubernetesServiceAccountToken"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-Workload-Token")
+
+
+def test_without_our_handlers_fastapi_wraps_the_same_body(verifier: TokenVerifier) -> None:
+    app = FastAPI()
+
+    @app.get("/x", dependencies=[Depends(require_workload(verifier=verifier))])
+    async def x() -> None:
+        pass  # pragma: no cover
+
+    with TestClient(app) as client:
+        response = client.get("/x", headers=bearer("not-a-jwt"))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    assert response.json()["detail"]["reason"] == "malformed"
+
+
+def test_no_verifier_is_a_programming_error() -> None:
+    app = make_app()
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="install"):
+        client.get("/whoami", headers=bearer("a.b.c"))
+
+
+def test_missing_token_needs_no_verifier() -> None:
+    with TestClient(make_app()) as client:
+        assert client.get("/whoami").status_code == 401
+
+
+# -- with the middleware ------------------------------------------------------------------------------
+
+
+class CountingVerifier(TokenVerifier):
+    calls = 0
+
+    async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
+        type(self).calls += 1
+        return await super().verify_async(token)
+
+
+def test_dependency_reuses_the_middlewares_workload(issuer: FakeIssuer) -> None:
+    CountingVerifier.calls = 0
+    verifier = CountingVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"],
+                                               jwks=issuer.jwks()))
+    app = make_app()
+    app.add_middleware(K8sJWTAuthMiddleware, verifier=verifier, exempt_paths=["/healthz"])
+    add_exception_handlers(app)  # no install(): the dependency needs no verifier of its own
+    with TestClient(app) as client:
+        ok = client.get("/payments", headers=bearer(issuer.mint("payments", "worker")))
+        denied = client.get("/payments", headers=bearer(issuer.mint("payments", "batch")))
+        missing = client.get("/payments")
+        health = client.get("/healthz")
+    assert (ok.status_code, denied.status_code, missing.status_code, health.status_code) == (200, 403, 401, 200)
+    assert denied.json()["reason"] == "policy_denied"
+    assert CountingVerifier.calls == 2
+
+
+def test_optional_middleware_and_dependency(verifier: TokenVerifier, issuer: FakeIssuer) -> None:
+    app = make_app()
+    app.add_middleware(K8sJWTAuthMiddleware, verifier=verifier, optional=True)
+    with TestClient(app) as client:
+        assert client.get("/maybe").json() == {"caller": None}
+        assert client.get("/whoami").status_code == 401
+        assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
+
+
+# -- websockets, malformed headers, construction --------------------------------------------------------
+
+
+def test_websocket_route_with_the_dependency(client: TestClient, issuer: FakeIssuer) -> None:
+    with client.websocket_connect("/ws", headers=bearer(issuer.mint("payments", "worker"))) as ws:
+        assert ws.receive_json() == {"caller": "system:serviceaccount:payments:worker"}
+    with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/ws"):
+        pass  # pragma: no cover
+    assert (info.value.code, info.value.reason) == (1008, "missing_token")
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_HEADERS))
+def test_malformed_authorization_headers_are_4xx(client: TestClient, name: str) -> None:
+    response = client.get("/whoami", headers=[(b"authorization", MALFORMED_HEADERS[name])])
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_invalid_dependency_arguments() -> None:
+    with pytest.raises(ConfigurationError):
+        require_workload("payments")
+    with pytest.raises(ConfigurationError):
+        require_workload("payments/*", policy=Policy())
+    with pytest.raises(ConfigurationError):
+        require_workload(header="not a header")
+
+
+def test_install_builds_the_verifier_from_env(monkeypatch: pytest.MonkeyPatch, issuer: FakeIssuer) -> None:
+    with pytest.raises(ConfigurationError, match="K8S_JWT_AUTH_ISSUER"):
+        install(FastAPI())
+    monkeypatch.setenv("K8S_JWT_AUTH_ISSUER", "https://kubernetes.default.svc.cluster.local")
+    monkeypatch.setenv("K8S_JWT_AUTH_AUDIENCES", "test")
+    monkeypatch.setenv("K8S_JWT_AUTH_JWKS_URI", "https://kubernetes.default.svc.cluster.local/openid/v1/jwks")
+    app = FastAPI()
+    verifier = install(app)
+    assert app.state.k8s_jwt_auth is verifier
+    assert verifier.config.audiences == ("test",)

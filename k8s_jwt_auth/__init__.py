@@ -13,6 +13,7 @@ Framework adapters live in `k8s_jwt_auth.integrations.*`; this package imports n
 
 from __future__ import annotations
 
+from ._remote import KeySourceStatus, RemoteKeySource
 from .config import VerifierConfig
 from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable, PolicyDenied, Reason
 from .identity import WorkloadIdentity
@@ -29,9 +30,11 @@ __all__ = [
     "KeySet",
     "KeySetUnavailable",
     "KeySource",
+    "KeySourceStatus",
     "Policy",
     "PolicyDenied",
     "Reason",
+    "RemoteKeySource",
     "Rule",
     "StaticKeySource",
     "TokenVerifier",

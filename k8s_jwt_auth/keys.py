@@ -39,7 +39,7 @@ __all__ = [
     "VerificationKey",
     "key_source_from_config",
     "kube_key_id",
-]
+]  # RemoteKeySource and KeySourceStatus are also importable from here (see __getattr__ below)
 
 logger = logging.getLogger("k8s_jwt_auth.keys")
 
@@ -305,3 +305,12 @@ def key_source_from_config(config: VerifierConfig) -> KeySource:
     from ._remote import RemoteKeySource
 
     return RemoteKeySource.from_config(config)
+
+
+def __getattr__(name: str) -> Any:
+    """`RemoteKeySource` and `KeySourceStatus` live in `k8s_jwt_auth._remote` (which imports this module)."""
+    if name in ("RemoteKeySource", "KeySourceStatus"):
+        from . import _remote
+
+        return getattr(_remote, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -159,3 +159,43 @@ def test_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
         assert proc.returncode == 1
         assert b"Traceback" not in proc.stderr + proc.stdout
         assert json.loads(proc.stdout)["error"] == "invalid_token"
+
+
+def test_discover_lists_the_issuers_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeIssuer(algorithm="ES256") as issuer:
+        second = issuer.add_key("RS256")
+        assert main(["discover", "--issuer", issuer.issuer]) == 0
+        out = capsys.readouterr().out
+        for key in issuer.keys:
+            assert f"kid={key.kid}" in out
+        assert "alg=ES256" in out and f"kid={second.kid}  kty=RSA" in out
+        assert (issuer.discovery_fetches, issuer.jwks_fetches) == (1, 1)
+
+
+def test_discover_diagnoses_rbac_and_exits_4(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("not-the-right-token")
+    with FakeIssuer(require_token="right-token") as issuer:
+        assert main(["discover", "--issuer", issuer.issuer, "--token-file", str(token_file)]) == 4
+        out = capsys.readouterr().out
+        assert "403" in out and "system:service-account-issuer-discovery" in out
+        assert "not-the-right-token" not in out
+        token_file.write_text("right-token")
+        assert main(["discover", "--issuer", issuer.issuer, "--token-file", str(token_file)]) == 0
+
+
+def test_discover_refuses_plain_http_to_a_remote_host(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["discover", "--issuer", "http://kubernetes.example"]) == 2
+    assert "https://" in capsys.readouterr().out
+
+
+def test_verify_fetch_token_file_is_sent_to_the_issuer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("reader-token\n")
+    with FakeIssuer(require_token="reader-token") as issuer:
+        token = issuer.mint("payments", "worker", audiences="a")
+        argv = ["verify", "--issuer", issuer.issuer, "--audience", "a"]
+        with pytest.MonkeyPatch.context() as mp:
+            assert run(argv, capsys, stdin=token, monkeypatch=mp)[0] == 4  # 401 without the fetch token
+            code, body = run([*argv, "--fetch-token-file", str(token_file)], capsys, stdin=token, monkeypatch=mp)
+    assert (code, body["namespace"]) == (0, "payments")

@@ -117,7 +117,6 @@ def test_malformed_authorization_headers_are_4xx(example: TestClient, name: str)
 @pytest.mark.parametrize("name", APPS)
 def test_whoami_is_503_when_keys_are_unavailable(name: str, monkeypatch: pytest.MonkeyPatch,
                                                  issuer: FakeIssuer) -> None:
-    pytest.importorskip("k8s_jwt_auth._remote")
     monkeypatch.setenv("K8S_JWT_AUTH_ISSUER", issuer.issuer)  # keys by discovery from the fake issuer
     monkeypatch.setenv("K8S_JWT_AUTH_AUDIENCES", "test")
     app = load_example(name).app

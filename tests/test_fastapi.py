@@ -183,7 +183,6 @@ def test_keys_unavailable_is_503_with_retry_after(issuer: FakeIssuer) -> None:
 
 
 def test_failing_issuer_is_503(issuer: FakeIssuer) -> None:
-    pytest.importorskip("k8s_jwt_auth._remote")
     issuer.fail("error")
     app = make_app()
     install(app, VerifierConfig(issuer=issuer.issuer, audiences=["test"]))

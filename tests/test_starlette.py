@@ -179,7 +179,6 @@ def test_keys_unavailable_is_503_with_retry_after(issuer: FakeIssuer) -> None:
 
 
 def test_failing_issuer_is_503_with_retry_after(issuer: FakeIssuer) -> None:
-    pytest.importorskip("k8s_jwt_auth._remote")
     issuer.fail("error")
     remote = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
     with client_for(remote) as client:
@@ -190,7 +189,6 @@ def test_failing_issuer_is_503_with_retry_after(issuer: FakeIssuer) -> None:
 
 
 def test_remote_keys_from_the_fake_issuer(issuer: FakeIssuer) -> None:
-    pytest.importorskip("k8s_jwt_auth._remote")
     remote = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
     with client_for(remote) as client:
         response = client.get("/whoami", headers=bearer(issuer.mint("payments", "worker")))

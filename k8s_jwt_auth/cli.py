@@ -5,6 +5,7 @@ k8s-jwt-auth verify --issuer URL --audience AUD [--audience AUD]... [--jwks-file
                     [--ca-file PATH] [--now UNIX_SECONDS] [--leeway SECONDS] [--allow NS/SA]... [--token-file PATH]
 k8s-jwt-auth inspect [--token-file PATH] [--json]
 k8s-jwt-auth discover --issuer URL [--ca-file PATH] [--token-file PATH] [--jwks-uri URL]
+k8s-jwt-auth demo [--token-file PATH] [--other-token-file PATH] [--expired-token-file PATH]
 ```
 
 `verify` exit codes: 0 verified (stdout: the identity as one JSON object), 1 token rejected, 3 policy
@@ -15,6 +16,7 @@ denied, 4 key set unavailable, 2 usage or configuration error; on failure stdout
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -77,6 +79,14 @@ def _build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--token-file", metavar="PATH", help="bearer token for the fetches")
     discover.add_argument("--jwks-uri", metavar="URL", help="fetch keys from this URL instead of discovery")
     discover.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per-request timeout")
+
+    demo = sub.add_parser("demo", help="run a protected service on loopback and call it with good and bad tokens",
+                          description="Without K8S_JWT_AUTH_ISSUER a fake cluster issuer plays the cluster; with "
+                          "K8S_JWT_AUTH_* variables set, the service verifies against that issuer and is called "
+                          "with the tokens given here.")
+    demo.add_argument("--token-file", metavar="PATH", help="real-issuer mode: a token the policy allows")
+    demo.add_argument("--other-token-file", metavar="PATH", help="real-issuer mode: a token the policy denies")
+    demo.add_argument("--expired-token-file", metavar="PATH", help="real-issuer mode: an expired token")
     return parser
 
 
@@ -153,7 +163,19 @@ def _discover(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
                         timeout=args.timeout, out=out)
 
 
-_COMMANDS = {"verify": _verify, "inspect": _inspect, "discover": _discover}
+def _demo(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    try:  # imported by name: the demo needs the [demo] extra, and the core never imports a framework
+        demo = importlib.import_module("k8s_jwt_auth.integrations._demo")
+    except ImportError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    try:
+        return int(demo.run_demo(token_file=args.token_file, other_token_file=args.other_token_file,
+                                 expired_token_file=args.expired_token_file, out=out))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read a token file: {exc.strerror or exc} ({exc.filename})") from exc
+
+
+_COMMANDS = {"verify": _verify, "inspect": _inspect, "discover": _discover, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .errors import AuthError, InvalidToken, KeySetUnavailable
 
-__all__ = ["ErrorResponse", "bearer_token", "challenge", "error_response", "missing_token"]
+__all__ = ["UNAVAILABLE_MESSAGE", "ErrorResponse", "bearer_token", "challenge", "error_response", "missing_token"]
 
 _UNSAFE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')  # RFC 6750 error_description characters
 _MAX_HEADER = 64 * 1024
@@ -75,12 +75,22 @@ class ErrorResponse:
         return json.dumps(self.body, separators=(",", ":")).encode()
 
 
+UNAVAILABLE_MESSAGE = "the token cannot be verified now: the issuer's keys are unavailable; retry later"
+
+
 def error_response(exc: AuthError, realm: str | None = None) -> ErrorResponse:
     """401 + `WWW-Authenticate` for invalid tokens, 403 (`insufficient_scope`) for policy denials,
-    503 + `Retry-After` when keys are unavailable. The body is `exc.to_dict()`; it never holds the token."""
+    503 + `Retry-After` when keys are unavailable.
+
+    The body is `exc.to_dict()`; it never holds the token. For 503 the message is a generic sentence:
+    the detailed one names internal URLs and upstream answers, which belong in logs, not in answers to
+    unauthenticated callers.
+    """
     headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+    body = exc.to_dict()
     if isinstance(exc, KeySetUnavailable):
         headers.append(("Retry-After", str(exc.retry_after)))
+        body["message"] = UNAVAILABLE_MESSAGE
     elif exc.status_code in (401, 403):
         headers.append(("WWW-Authenticate", challenge(exc, realm)))
-    return ErrorResponse(exc.status_code, tuple(headers), exc.to_dict())
+    return ErrorResponse(exc.status_code, tuple(headers), body)

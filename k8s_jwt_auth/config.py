@@ -59,6 +59,9 @@ _T = TypeVar("_T")
 class VerifierConfig:
     """Validated settings for a `TokenVerifier`. Frozen; build a new one to change anything.
 
+    Sequence settings (`audiences`, `allow`, `algorithms`, `public_keys`) accept a string or any sequence
+    of strings and are stored as tuples (a string is split on commas; one PEM string is one entry).
+
     Exactly one key source may be given: `jwks` (a JWKS document), `jwks_file`, `public_keys` (PEM
     strings) or `jwks_uri`. With none of them, keys come from the issuer's OIDC discovery document.
 
@@ -67,16 +70,16 @@ class VerifierConfig:
     """
 
     issuer: str
-    audiences: tuple[str, ...]
+    audiences: Sequence[str]
     jwks: Mapping[str, Any] | None = field(default=None, repr=False)
     jwks_file: str | None = None
-    public_keys: tuple[str, ...] = field(default=(), repr=False)
+    public_keys: Sequence[str] = field(default=(), repr=False)
     jwks_uri: str | None = None
     ca_file: str | None = None
     token_file: str | None = None
-    allow: tuple[str, ...] = ()
+    allow: Sequence[str] = ()
     dry_run: bool = False
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    algorithms: Sequence[str] = DEFAULT_ALGORITHMS
     leeway: float = 60.0
     max_token_age: float | None = None
     max_token_size: int = 16 * 1024

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from k8s_jwt_auth import InvalidToken, KeySetUnavailable, PolicyDenied
-from k8s_jwt_auth._http import bearer_token, challenge, error_response, missing_token
+from k8s_jwt_auth._http import UNAVAILABLE_MESSAGE, bearer_token, challenge, error_response, missing_token
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,8 @@ def test_challenge_never_carries_header_injection() -> None:
 def test_403_and_503() -> None:
     denied = error_response(PolicyDenied("workload a/b is not allowed", rule="!a/*"))
     assert denied.status == 403 and 'error="insufficient_scope"' in dict(denied.headers)["WWW-Authenticate"]
-    unavailable = error_response(KeySetUnavailable("issuer down", retry_after=12))
+    unavailable = error_response(KeySetUnavailable("https://10.0.0.1:6443/openid/v1/jwks answered 500", retry_after=12))
     assert unavailable.status == 503 and dict(unavailable.headers)["Retry-After"] == "12"
+    assert unavailable.body == {"error": "temporarily_unavailable", "reason": "keys_unavailable",
+                                "message": UNAVAILABLE_MESSAGE}  # no internal URL in answers to callers
     assert "WWW-Authenticate" not in dict(unavailable.headers)

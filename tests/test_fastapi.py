@@ -8,6 +8,10 @@ from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig, WorkloadIdentity
+from k8s_jwt_auth._http import missing_token
 from k8s_jwt_auth.integrations.fastapi import (
     K8sJWTAuthMiddleware,
     OptionalWorkload,
@@ -16,10 +20,6 @@ from k8s_jwt_auth.integrations.fastapi import (
     install,
     require_workload,
 )
-from starlette.websockets import WebSocketDisconnect
-
-from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig, WorkloadIdentity
-from k8s_jwt_auth._http import missing_token
 from k8s_jwt_auth.testing import FakeIssuer
 
 from ._asgi import MALFORMED_HEADERS, TestClient, UnavailableKeys, bad_tokens, bearer, static_verifier

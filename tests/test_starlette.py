@@ -11,12 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from k8s_jwt_auth.integrations.starlette import (
-    K8sJWTAuthMiddleware,
-    WorkloadAuthBackend,
-    WorkloadUser,
-    on_error,
-)
 from starlette.applications import Starlette
 from starlette.authentication import AuthenticationError
 from starlette.middleware import Middleware
@@ -28,6 +22,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._http import missing_token
+from k8s_jwt_auth.integrations.starlette import (
+    K8sJWTAuthMiddleware,
+    WorkloadAuthBackend,
+    WorkloadUser,
+    on_error,
+)
 from k8s_jwt_auth.testing import FakeIssuer
 
 from ._asgi import MALFORMED_HEADERS, TestClient, UnavailableKeys, bad_tokens, bearer, static_verifier

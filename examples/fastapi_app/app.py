@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from k8s_jwt_auth.integrations.fastapi import Workload, install
 
 from k8s_jwt_auth import TokenVerifier, VerifierConfig
+from k8s_jwt_auth.integrations.fastapi import Workload, install
 
 __all__ = ["app", "create_app"]
 

@@ -17,7 +17,6 @@ The verifier is built at import time, so missing or invalid settings fail fast w
 
 from __future__ import annotations
 
-from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from k8s_jwt_auth import TokenVerifier, VerifierConfig
+from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
 
 __all__ = ["app", "create_app"]
 

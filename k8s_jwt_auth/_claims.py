@@ -161,7 +161,7 @@ def _object(value: object, claim: str, *, required: bool) -> Mapping[str, Any] |
         if required:
             raise _missing(claim)
         return None
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):  # decoded JSON: objects are dicts
         raise _malformed(claim, "an object")
     return value
 

@@ -15,6 +15,9 @@ from .errors import InvalidToken
 __all__ = ["ParsedToken", "b64url_decode", "fingerprint", "parse", "decode_payload", "unverified_claims"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+# header.payload.signature, each unpadded base64url; one match checks the whole token's alphabet
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
+_B64URL = bytes.maketrans(b"-_", b"+/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +50,10 @@ def b64url_decode(segment: str, part: str) -> bytes:
         raise InvalidToken(f"the {part} is not valid base64url", reason="malformed") from exc
 
 
-def _json_object(data: bytes, part: str) -> dict[str, Any]:
+def _json_object(data: bytes, part: str, decoder: json.JSONDecoder | None = None) -> dict[str, Any]:
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        text = data.decode("utf-8")
+        value = json.loads(text) if decoder is None else decoder.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidToken(f"the {part} is not valid UTF-8 JSON", reason="malformed") from exc
     if not isinstance(value, dict):
@@ -62,6 +66,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(result) != len(pairs):
         raise ValueError("duplicate member names")
     return result
+
+
+_HEADER_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)  # headers: duplicate names are refused
+
+
+def _decode(segment: str, part: str) -> bytes:
+    """Decode a segment already known to be in the base64url alphabet."""
+    if len(segment) % 4 == 1:
+        raise InvalidToken(f"the {part} is not valid base64url", reason="malformed")
+    return binascii.a2b_base64(segment.encode("ascii").translate(_B64URL) + b"=" * (-len(segment) % 4))
 
 
 def _as_text(token: object, max_size: int) -> str:
@@ -88,21 +102,29 @@ def parse(token: object, max_size: int) -> ParsedToken:
             encrypted token, empty token).
     """
     text = _as_text(token, max_size)
+    match = _COMPACT.fullmatch(text)
+    if match is None:
+        raise _shape_error(text)
+    header_segment, payload_segment, signature_segment = match.groups()
+    header = _json_object(_decode(header_segment, "header"), "header", _HEADER_DECODER)
+    if len(payload_segment) % 4 == 1:
+        raise InvalidToken("the payload is not valid base64url", reason="malformed")
+    signature = _decode(signature_segment, "signature")
+    signing_input = text[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
+    return ParsedToken(header, signing_input, payload_segment, signature)
+
+
+def _shape_error(text: str) -> InvalidToken:
+    """Why `text` is not a compact JWS, in words."""
     if not text:
-        raise InvalidToken("the token is empty", reason="malformed")
+        return InvalidToken("the token is empty", reason="malformed")
     parts = text.split(".")
     if len(parts) != 3:
         hint = " (encrypted JWE tokens are not supported)" if len(parts) == 5 else ""
-        raise InvalidToken(f"the token is not a compact JWS of three dot-separated parts{hint}", reason="malformed")
-    header_segment, payload_segment, signature_segment = parts
-    if not header_segment or not payload_segment:
-        raise InvalidToken("the token has an empty header or payload", reason="malformed")
-    header = _json_object(b64url_decode(header_segment, "header"), "header")
-    if _SEGMENT.fullmatch(payload_segment) is None or len(payload_segment) % 4 == 1:
-        raise InvalidToken("the payload is not valid base64url", reason="malformed")
-    signature = b64url_decode(signature_segment, "signature")
-    signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-    return ParsedToken(header, signing_input, payload_segment, signature)
+        return InvalidToken(f"the token is not a compact JWS of three dot-separated parts{hint}", reason="malformed")
+    if not parts[0] or not parts[1]:
+        return InvalidToken("the token has an empty header or payload", reason="malformed")
+    return InvalidToken("the token is not valid base64url", reason="malformed")
 
 
 def decode_payload(parsed: ParsedToken) -> dict[str, Any]:
@@ -111,7 +133,7 @@ def decode_payload(parsed: ParsedToken) -> dict[str, Any]:
     Raises:
         InvalidToken: `malformed` when the payload is not a JSON object.
     """
-    return _json_object(b64url_decode(parsed.payload_segment, "payload"), "payload")
+    return _json_object(_decode(parsed.payload_segment, "payload"), "payload")
 
 
 def unverified_claims(token: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `COOLDOWN` | `cooldown` | seconds |
 | `MAX_STALE` | `max_stale` | seconds |
 | `ALLOW_INSECURE_HTTP` | `allow_insecure_http` | bool |
+| `TOKEN_CACHE_SIZE` | `token_cache_size` | verified tokens kept (0: no cache) |
+| `TOKEN_CACHE_TTL` | `token_cache_ttl` | seconds a verified token is reused at most |
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class VerifierConfig:
     max_stale: float = 3600.0
     allow_insecure_http: bool = False
     max_response_size: int = 1024 * 1024
+    token_cache_size: int = 10_000
+    token_cache_ttl: float = 300.0
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -116,7 +120,7 @@ class VerifierConfig:
         self._set("algorithms", tuple(a.upper() for a in _str_tuple(self.algorithms, "algorithms")))
         pems = (self.public_keys,) if isinstance(self.public_keys, str) else self.public_keys
         self._set("public_keys", _str_tuple(pems, "public_keys"))
-        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale"):
+        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl"):
             self._set(name, _number(getattr(self, name), name))
         if self.max_token_age is not None:
             self._set("max_token_age", _number(self.max_token_age, "max_token_age"))
@@ -158,7 +162,7 @@ class VerifierConfig:
                                      f"not allowed: {bad} (symmetric and 'none' algorithms are never accepted)")
 
     def _check_numbers(self) -> None:
-        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "max_token_age"):
+        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "max_token_age", "token_cache_ttl"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigurationError(f"{name} must be >= 0 seconds, not {value}")
@@ -166,6 +170,9 @@ class VerifierConfig:
             raise ConfigurationError("timeout must be > 0 seconds: fetches without a timeout can hang")
         if not isinstance(self.max_token_size, int) or self.max_token_size < 256:
             raise ConfigurationError("max_token_size must be an integer >= 256 bytes")
+        if isinstance(self.token_cache_size, bool) or not isinstance(self.token_cache_size, int) \
+                or self.token_cache_size < 0:
+            raise ConfigurationError("token_cache_size must be an integer >= 0 (0 turns the verified-token cache off)")
 
     def _check_url(self, url: str, name: str) -> None:
         parts = urlsplit(url)
@@ -356,5 +363,7 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "COOLDOWN": ("cooldown", _identity),
     "MAX_STALE": ("max_stale", _identity),
     "ALLOW_INSECURE_HTTP": ("allow_insecure_http", _bool),
+    "TOKEN_CACHE_SIZE": ("token_cache_size", _int),
+    "TOKEN_CACHE_TTL": ("token_cache_ttl", _identity),
 }
 assert {n for n, _ in _SUFFIXES.values()} <= {f.name for f in fields(VerifierConfig)}

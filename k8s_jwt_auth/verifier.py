@@ -13,11 +13,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from . import _claims
-from ._jws import ParsedToken, decode_payload, fingerprint, parse
+from ._cache import CachedToken, CacheInfo, TokenCache
+from ._jws import ParsedToken, decode_payload, parse
 from .config import VerifierConfig
 from .errors import InvalidToken
 from .identity import WorkloadIdentity
@@ -66,6 +70,8 @@ class TokenVerifier:
         self._issuers = config.accepted_issuers
         self._leeway = config.leeway
         self._max_size = config.max_token_size
+        self._cache = (TokenCache(config.token_cache_size, config.token_cache_ttl, self._clock)
+                       if config.token_cache_size > 0 else None)
 
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self.config.issuer!r}, audiences={self.config.audiences!r})"
@@ -73,12 +79,18 @@ class TokenVerifier:
     def verify(self, token: str | bytes) -> WorkloadIdentity:
         """Verify a token and return the workload it proves. Never needs an event loop.
 
+        A token verified before is answered from the cache while it is valid and its key is unchanged.
+
         Raises:
             InvalidToken: see the module docstring for the reasons.
             KeySetUnavailable: no usable key set could be obtained.
         """
+        digest = _digest(token)
+        hit = self._cached(digest)
+        if hit is not None and self._reusable(digest, hit, self.keys.get(hit.kid, hit.alg)):
+            return hit.identity
         parsed, alg, kid = self._parse(token)
-        return self._finish(token, parsed, alg, self.keys.get(kid, alg))
+        return self._finish(digest, parsed, alg, self.keys.get(kid, alg))
 
     async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
         """Like `verify`, for event loops: fetching keys never blocks the loop.
@@ -87,8 +99,21 @@ class TokenVerifier:
             InvalidToken: see the module docstring for the reasons.
             KeySetUnavailable: no usable key set could be obtained.
         """
+        digest = _digest(token)
+        hit = self._cached(digest)
+        if hit is not None and self._reusable(digest, hit, await self.keys.get_async(hit.kid, hit.alg)):
+            return hit.identity
         parsed, alg, kid = self._parse(token)
-        return self._finish(token, parsed, alg, await self.keys.get_async(kid, alg))
+        return self._finish(digest, parsed, alg, await self.keys.get_async(kid, alg))
+
+    def cache_info(self) -> CacheInfo | None:
+        """Hits, misses and size of the verified-token cache (`None` when it is disabled)."""
+        return self._cache.info() if self._cache is not None else None
+
+    def clear_cache(self) -> None:
+        """Forget every verified token (the next call of each token is verified in full)."""
+        if self._cache is not None:
+            self._cache.clear()
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -124,10 +149,36 @@ class TokenVerifier:
         if not key.verify(alg, parsed.signing_input, parsed.signature):
             raise InvalidToken("the token signature is not valid", reason="bad_signature")
 
-    def _finish(self, token: object, parsed: ParsedToken, alg: str, key: VerificationKey) -> WorkloadIdentity:
+    def _cached(self, digest: bytes | None) -> CachedToken | None:
+        if self._cache is None or digest is None:
+            return None
+        return self._cache.get(digest, self._clock())
+
+    def _reusable(self, digest: bytes | None, hit: CachedToken, key: VerificationKey) -> bool:
+        """Whether the key source still hands out the key that verified the cached token."""
+        assert self._cache is not None and digest is not None  # there is a hit
+        if key is hit.key:
+            self._cache.confirm(hit)
+            return True
+        self._cache.discard(digest)
+        return False
+
+    def _finish(self, digest: bytes | None, parsed: ParsedToken, alg: str, key: VerificationKey) -> WorkloadIdentity:
         self._check_signature(parsed, alg, key)
-        payload = decode_payload(parsed)
-        return self._identity(payload, fingerprint(token) if isinstance(token, (str, bytes)) else "")
+        identity = self._identity(decode_payload(parsed), digest.hex()[:16] if digest is not None else "")
+        if self._cache is not None and digest is not None:
+            self._cache.put(digest, CachedToken(identity, key, parsed.header.get("kid"), alg,
+                                                self._reusable_until(identity)))
+        return identity
+
+    def _reusable_until(self, identity: WorkloadIdentity) -> float:
+        """When a cached verification stops standing: exp, warnafter (to flag staleness), max token age."""
+        limits = [identity.expires_at.timestamp() if identity.expires_at is not None else math.inf]
+        if identity.warn_after is not None and not identity.stale:
+            limits.append(identity.warn_after.timestamp())
+        if self.config.max_token_age is not None and identity.issued_at is not None:
+            limits.append(identity.issued_at.timestamp() + self.config.max_token_age)
+        return min(limits)
 
     def _identity(self, payload: dict[str, Any], token_fingerprint: str) -> WorkloadIdentity:
         now, leeway, config = self._clock(), self._leeway, self.config
@@ -156,6 +207,15 @@ class TokenVerifier:
             stale=warn_after is not None and now > warn_after,
             trust_domain=config.trust_domain,
             token_fingerprint=token_fingerprint,
-            claims=payload,
+            claims=MappingProxyType(payload),  # read-only view, no copy: nobody else holds payload
             **fields,
         )
+
+
+def _digest(token: object) -> bytes | None:
+    """SHA-256 of the token: the cache key and (first 16 hex digits) the fingerprint for logs."""
+    if isinstance(token, str):
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    if isinstance(token, bytes):
+        return hashlib.sha256(token).digest()
+    return None

@@ -28,6 +28,10 @@ __all__ = [
 
 LEGACY_ISSUER = "kubernetes/serviceaccount"
 _LEGACY_PREFIX = "kubernetes.io/serviceaccount/"
+_LEGACY_NAMESPACE = f"{_LEGACY_PREFIX}namespace"
+_LEGACY_SA_NAME = f"{_LEGACY_PREFIX}service-account.name"
+_LEGACY_SA_UID = f"{_LEGACY_PREFIX}service-account.uid"
+_BINDING_CLAIMS = {"pod": "kubernetes.io.pod", "node": "kubernetes.io.node"}
 _SA_SUBJECT = "system:serviceaccount:"
 # namespace: DNS-1123 label; service account: DNS-1123 subdomain (kube-apiserver validation)
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -65,14 +69,14 @@ def to_datetime(seconds: float | None, claim: str) -> datetime | None:
     if seconds is None:
         return None
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return datetime.fromtimestamp(seconds, timezone.utc)
     except (OverflowError, OSError, ValueError) as exc:
         raise _malformed(claim, "a representable date") from exc
 
 
 def is_legacy(payload: Mapping[str, Any]) -> bool:
     """Whether this is a legacy secret-based token (`iss: kubernetes/serviceaccount`, flat claims)."""
-    return payload.get("iss") == LEGACY_ISSUER or f"{_LEGACY_PREFIX}namespace" in payload
+    return payload.get("iss") == LEGACY_ISSUER or _LEGACY_NAMESPACE in payload
 
 
 def check_issuer(payload: Mapping[str, Any], accepted: frozenset[str]) -> str:
@@ -182,12 +186,11 @@ def service_account_claims(payload: Mapping[str, Any], legacy: bool) -> dict[str
         InvalidToken: `missing_claim`, `malformed`, `claim_mismatch`.
     """
     sub, namespace, name = _subject(payload)
-    fields: dict[str, Any] = {"subject": sub, "namespace": namespace, "service_account": name}
     if legacy:
-        claimed_ns = payload.get(f"{_LEGACY_PREFIX}namespace")
-        claimed_sa = payload.get(f"{_LEGACY_PREFIX}service-account.name")
-        uid = payload.get(f"{_LEGACY_PREFIX}service-account.uid")
-        fields["service_account_uid"] = uid if isinstance(uid, str) else None
+        claimed_ns = payload.get(_LEGACY_NAMESPACE)
+        claimed_sa = payload.get(_LEGACY_SA_NAME)
+        uid = payload.get(_LEGACY_SA_UID)
+        fields: dict[str, Any] = {"service_account_uid": uid if isinstance(uid, str) else None}
     else:
         k8s = _object(payload.get("kubernetes.io"), "kubernetes.io", required=True)
         assert k8s is not None
@@ -195,20 +198,24 @@ def service_account_claims(payload: Mapping[str, Any], legacy: bool) -> dict[str
         assert sa is not None
         claimed_ns = _text(k8s, "namespace", "kubernetes.io")
         claimed_sa = _text(sa, "name", "kubernetes.io.serviceaccount")
-        fields["service_account_uid"] = _text(sa, "uid", "kubernetes.io.serviceaccount", required=False)
-        fields.update(_binding(k8s, "pod"), **_binding(k8s, "node"))
-        fields["warn_after"] = numeric_date(k8s, "warnafter")
+        pod_name, pod_uid = _binding(k8s, "pod")
+        node_name, node_uid = _binding(k8s, "node")
+        fields = {"service_account_uid": _text(sa, "uid", "kubernetes.io.serviceaccount", required=False),
+                  "pod_name": pod_name, "pod_uid": pod_uid, "node_name": node_name, "node_uid": node_uid,
+                  "warn_after": numeric_date(k8s, "warnafter")}
     if claimed_ns != namespace or claimed_sa != name:
         raise InvalidToken("sub disagrees with the kubernetes.io namespace/serviceaccount claims",
                            reason="claim_mismatch", claim="sub")
+    fields["subject"], fields["namespace"], fields["service_account"] = sub, namespace, name
     return fields
 
 
-def _binding(k8s: Mapping[str, Any], kind: str) -> dict[str, str | None]:
-    obj = _object(k8s.get(kind), f"kubernetes.io.{kind}", required=False)
-    if obj is None:
-        return {f"{kind}_name": None, f"{kind}_uid": None}
-    return {
-        f"{kind}_name": _text(obj, "name", f"kubernetes.io.{kind}"),
-        f"{kind}_uid": _text(obj, "uid", f"kubernetes.io.{kind}", required=False),
-    }
+def _binding(k8s: Mapping[str, Any], kind: str) -> tuple[str | None, str | None]:
+    """The (name, uid) of the pod or node the token is bound to; (None, None) when it is not."""
+    value = k8s.get(kind)
+    if value is None:
+        return None, None
+    claim = _BINDING_CLAIMS[kind]
+    obj = _object(value, claim, required=False)
+    assert obj is not None
+    return _text(obj, "name", claim), _text(obj, "uid", claim, required=False)

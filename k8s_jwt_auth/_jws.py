@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,18 +16,31 @@ from .errors import InvalidToken
 __all__ = ["ParsedToken", "b64url_decode", "fingerprint", "parse", "decode_payload", "unverified_claims"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
-# header.payload.signature, each unpadded base64url; one match checks the whole token's alphabet
-_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
-_B64URL = bytes.maketrans(b"-_", b"+/")
+_SEGMENT_BYTES = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_B64URL = bytes.maketrans(b"-_", b"+/")  # base64url -> base64; "+", "/" and "=" in a token are refused first
+
+if sys.version_info >= (3, 11):
+
+    def _a2b_strict(data: bytes) -> bytes:
+        """Padded base64 to bytes; any byte outside the alphabet is an error."""
+        return binascii.a2b_base64(data, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10 has no strict_mode
+
+    def _a2b_strict(data: bytes) -> bytes:
+        """Padded base64 to bytes; any byte outside the alphabet is an error."""
+        if _SEGMENT_BYTES.fullmatch(data) is None:
+            raise binascii.Error("non-alphabet character")
+        return binascii.a2b_base64(data)
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedToken:
-    """A compact JWS split into its parts. The payload is *not* decoded until the signature is checked."""
+    """A compact JWS split into its parts. The payload JSON is *not* parsed until the signature is checked."""
 
     header: dict[str, Any]
     signing_input: bytes
-    payload_segment: str
+    payload: bytes  # base64-decoded; parsed as JSON only after the signature check
     signature: bytes
 
 
@@ -71,27 +85,36 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _HEADER_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)  # headers: duplicate names are refused
 
 
-def _decode(segment: str, part: str) -> bytes:
-    """Decode a segment already known to be in the base64url alphabet."""
+def _decode(segment: bytes, part: str) -> bytes:
+    """Decode a segment whose `-_` were already translated to `+/`, strictly.
+
+    Raises:
+        InvalidToken: `malformed` for characters outside the alphabet or an impossible length.
+    """
     if len(segment) % 4 == 1:
         raise InvalidToken(f"the {part} is not valid base64url", reason="malformed")
-    return binascii.a2b_base64(segment.encode("ascii").translate(_B64URL) + b"=" * (-len(segment) % 4))
+    try:
+        return _a2b_strict(segment + b"=" * (-len(segment) % 4))
+    except binascii.Error as exc:
+        raise InvalidToken(f"the {part} is not valid base64url", reason="malformed") from exc
 
 
-def _as_text(token: object, max_size: int) -> str:
-    if isinstance(token, (bytes, bytearray, memoryview)):
-        token = bytes(token)
+def _as_bytes(token: object, max_size: int) -> bytes:
+    if isinstance(token, str):
         if len(token) > max_size:
             raise InvalidToken(f"the token is larger than {max_size} bytes", reason="too_large")
         try:
-            return token.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise InvalidToken("the token contains non-ASCII bytes", reason="malformed") from exc
-    if not isinstance(token, str):
+            return token.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise InvalidToken("the token contains non-ASCII characters", reason="malformed") from exc
+    if not isinstance(token, (bytes, bytearray, memoryview)):
         raise InvalidToken("the token must be a string", reason="malformed")
-    if len(token) > max_size:
+    data = bytes(token)
+    if len(data) > max_size:
         raise InvalidToken(f"the token is larger than {max_size} bytes", reason="too_large")
-    return token
+    if not data.isascii():
+        raise InvalidToken("the token contains non-ASCII bytes", reason="malformed")
+    return data
 
 
 def parse(token: object, max_size: int) -> ParsedToken:
@@ -101,24 +124,22 @@ def parse(token: object, max_size: int) -> ParsedToken:
         InvalidToken: `too_large`, `malformed` (wrong shape, bad base64url, header not a JSON object,
             encrypted token, empty token).
     """
-    text = _as_text(token, max_size)
-    match = _COMPACT.fullmatch(text)
-    if match is None:
-        raise _shape_error(text)
-    header_segment, payload_segment, signature_segment = match.groups()
+    raw = _as_bytes(token, max_size)
+    parts = raw.translate(_B64URL).split(b".")
+    if len(parts) != 3 or not parts[0] or not parts[1] or b"+" in raw or b"/" in raw or b"=" in raw:
+        raise _shape_error(raw)
+    header_segment, payload_segment, signature_segment = parts
     header = _json_object(_decode(header_segment, "header"), "header", _HEADER_DECODER)
-    if len(payload_segment) % 4 == 1:
-        raise InvalidToken("the payload is not valid base64url", reason="malformed")
+    payload = _decode(payload_segment, "payload")
     signature = _decode(signature_segment, "signature")
-    signing_input = text[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
-    return ParsedToken(header, signing_input, payload_segment, signature)
+    return ParsedToken(header, raw[: len(header_segment) + 1 + len(payload_segment)], payload, signature)
 
 
-def _shape_error(text: str) -> InvalidToken:
-    """Why `text` is not a compact JWS, in words."""
-    if not text:
+def _shape_error(raw: bytes) -> InvalidToken:
+    """Why `raw` is not a compact JWS, in words."""
+    if not raw:
         return InvalidToken("the token is empty", reason="malformed")
-    parts = text.split(".")
+    parts = raw.split(b".")
     if len(parts) != 3:
         hint = " (encrypted JWE tokens are not supported)" if len(parts) == 5 else ""
         return InvalidToken(f"the token is not a compact JWS of three dot-separated parts{hint}", reason="malformed")
@@ -133,7 +154,7 @@ def decode_payload(parsed: ParsedToken) -> dict[str, Any]:
     Raises:
         InvalidToken: `malformed` when the payload is not a JSON object.
     """
-    return _json_object(_decode(parsed.payload_segment, "payload"), "payload")
+    return _json_object(parsed.payload, "payload")
 
 
 def unverified_claims(token: str) -> dict[str, Any]:

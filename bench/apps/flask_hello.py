@@ -13,9 +13,8 @@ def hello() -> str:
 
 
 if os.environ.get("BENCH_AUTH") == "1":
-    from k8s_jwt_auth.integrations.flask import K8sJWTAuth
-
     from k8s_jwt_auth import VerifierConfig
+    from k8s_jwt_auth.integrations.flask import K8sJWTAuth
 
     app.config["K8S_JWT_AUTH_ENFORCE"] = True  # authenticate every request, as the middleware does
     K8sJWTAuth(app, verifier=VerifierConfig.from_env())

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 import httpx
 
-from k8s_jwt_auth import TokenVerifier, VerifierConfig
+from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.testing import FakeIssuer
 
 from .starlette import K8sJWTAuthMiddleware
@@ -113,13 +113,20 @@ def fake_cluster_cases(issuer: FakeIssuer) -> list[Case]:
     ]
 
 
-def real_cluster_cases(token: str | None, other: str | None, expired: str | None) -> list[Case]:
-    """Cases for a real issuer: the tokens given, a tampered copy of the first, and no token."""
+def real_cluster_cases(token: str | None, other: str | None, expired: str | None, policy: Policy) -> list[Case]:
+    """Cases for a real issuer: the tokens given, a tampered copy of the first, and no token.
+
+    The `--other-token-file` call expects 403, unless the policy cannot deny (no rules) or only reports
+    (dry run): then it expects 200.
+    """
     cases = [Case("no token", None, 401, "missing_token")]
     if token:
         cases[:0] = [Case("your workload (--token-file)", token, 200),
                      Case("tampered token", tamper(token), 401, "bad_signature")]
-    if other:
+    if other and (policy.is_open or policy.dry_run):
+        why = "no K8S_JWT_AUTH_ALLOW rules" if policy.is_open else "dry run: denial only logged"
+        cases.append(Case(f"other workload (--other-token-file; {why})", other, 200))
+    elif other:
         cases.append(Case("workload the policy denies (--other-token-file)", other, 403, "policy_denied"))
     if expired:
         cases.append(Case("expired token (--expired-token-file)", expired, 401, "expired"))
@@ -157,11 +164,15 @@ def print_table(rows: list[tuple[Case, int, str, bool]], out: TextIO) -> None:
 def run_demo(*, token_file: str | None = None, other_token_file: str | None = None,
              expired_token_file: str | None = None, out: TextIO) -> int:
     """Run the demo; 0 when every call had the expected outcome, 1 otherwise."""
+    files = (token_file, other_token_file, expired_token_file)
     if os.environ.get("K8S_JWT_AUTH_ISSUER"):
         verifier = TokenVerifier(VerifierConfig.from_env())
-        tokens = [_read(path) for path in (token_file, other_token_file, expired_token_file)]
+        tokens = [_read(path) for path in files]
         out.write(f"issuer: {verifier.config.issuer} (from K8S_JWT_AUTH_* variables)\n")
-        return _run(verifier, real_cluster_cases(*tokens), out)
+        return _run(verifier, real_cluster_cases(*tokens, policy=verifier.policy), out)
+    if any(files):
+        raise ConfigurationError("token files are for a real issuer: set K8S_JWT_AUTH_ISSUER and "
+                                 "K8S_JWT_AUTH_AUDIENCES (without them the demo mints its own tokens)")
     with FakeIssuer() as issuer:
         config = VerifierConfig(issuer=issuer.issuer, audiences=[DEMO_AUDIENCE], allow=[DEMO_POLICY])
         out.write(f"fake cluster issuer: {issuer.issuer} (discovery + JWKS over HTTP on loopback)\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -118,6 +119,8 @@ def _verify(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
                                  "token_file": args.fetch_token_file}
     if args.leeway is not None:
         overrides["leeway"] = args.leeway
+    if args.fetch_token_file is not None and not os.path.isfile(args.fetch_token_file):
+        raise ConfigurationError(f"--fetch-token-file {args.fetch_token_file!r} does not exist or is not a file")
     config = VerifierConfig(**overrides)
     now = args.now
     verifier = TokenVerifier(config, clock=None if now is None else (lambda: now))

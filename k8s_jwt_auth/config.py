@@ -288,7 +288,9 @@ def _str_tuple(value: object, name: str, *, split_spaces: bool = False) -> tuple
         text = value.replace("\n", ",")
         parts = text.replace(",", " ").split() if split_spaces else text.split(",")
         return tuple(p.strip() for p in parts if p.strip())
-    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value, key=str)  # no order of their own: make it deterministic
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
         return tuple(v.strip() for v in value)
     raise ConfigurationError(f"{name} must be a string or a list of strings, not {type(value).__name__}")
 

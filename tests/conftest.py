@@ -13,7 +13,7 @@ import pytest
 from k8s_jwt_auth import TokenVerifier, VerifierConfig
 from k8s_jwt_auth.testing import SigningKey
 
-FIXTURES = Path(os.environ.get("K8S_JWT_AUTH_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/k8s"))
+FIXTURES = Path(os.environ.get("K8S_FIXTURES_DIR", Path(__file__).resolve().parents[2] / "shared/fixtures/k8s"))
 REAL_ISSUER = "https://kubernetes.default.svc.cluster.local"
 REAL_NOW = 1795428016  # iat + 60 of every fixture token: all three are valid then
 TEST_ISSUER = "https://issuer.test"
@@ -29,7 +29,7 @@ def anyio_backend() -> str:
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No K8S_JWT_AUTH_* variable from the developer's shell leaks into a test."""
     for name in list(os.environ):
-        if name.startswith("K8S_JWT_AUTH_") and name != "K8S_JWT_AUTH_FIXTURES":
+        if name.startswith("K8S_JWT_AUTH_"):
             monkeypatch.delenv(name)
     yield
 

@@ -200,3 +200,10 @@ def test_setting_errors_name_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         VerifierConfig.from_env({**env, "K8S_JWT_AUTH_PUBLIC_KEYS_FILE": "/nonexistent/keys.pem"})
     assert "/nonexistent/keys.pem" in info.value.message
+
+
+def test_any_sequence_of_strings_is_accepted() -> None:
+    from collections import deque
+
+    config = VerifierConfig(issuer=REAL_ISSUER, audiences=deque(["b", "a"]), allow=frozenset({"y/*", "x/*"}))
+    assert config.audiences == ("b", "a") and config.allow == ("x/*", "y/*")

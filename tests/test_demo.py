@@ -76,3 +76,24 @@ def test_tamper_keeps_the_shape_but_changes_the_payload() -> None:
     token = "aGVhZA.cGF5bG9hZA.c2ln"
     forged = tamper(token)
     assert forged != token and forged.split(".")[0::2] == token.split(".")[0::2]
+
+
+def test_demo_expectations_follow_an_open_or_dry_run_policy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with FakeIssuer() as issuer:
+        monkeypatch.setenv("K8S_JWT_AUTH_ISSUER", issuer.issuer)
+        monkeypatch.setenv("K8S_JWT_AUTH_AUDIENCES", "a")
+        good = write(tmp_path, "good", issuer.mint("shop", "cart", audiences="a"))
+        other = write(tmp_path, "other", issuer.mint("batch", "job", audiences="a"))
+        out = io.StringIO()
+        assert run_demo(token_file=good, other_token_file=other, out=out) == 0  # no rules: the other call is 200
+        assert "no K8S_JWT_AUTH_ALLOW rules" in out.getvalue()
+        monkeypatch.setenv("K8S_JWT_AUTH_ALLOW", "shop/*")
+        monkeypatch.setenv("K8S_JWT_AUTH_DRY_RUN", "true")
+        out = io.StringIO()
+        assert run_demo(token_file=good, other_token_file=other, out=out) == 0
+        assert "dry run" in out.getvalue()
+
+
+def test_token_files_without_a_real_issuer_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--token-file", "/etc/hostname"]) == 2
+    assert "K8S_JWT_AUTH_ISSUER" in json.loads(capsys.readouterr().out)["message"]

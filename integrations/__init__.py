@@ -4,6 +4,8 @@
   Starlette's `AuthenticationMiddleware`, `WorkloadUser` (`request.user.workload`). Extra: `[starlette]`.
 * `k8s_jwt_auth.integrations.fastapi` — `require_workload(...)` dependencies, the `Workload` annotation,
   `install(app, verifier)`. Extra: `[fastapi]`.
+* `k8s_jwt_auth.integrations.flask` — the `K8sJWTAuth` extension (`app.config` settings, enforcing mode),
+  `current_workload`, `@workload_required(...)`, `K8sJWTAuthClient` for tests. Extra: `[flask]`.
 
 Each adapter only reads the token from the request, calls the shared `TokenVerifier`, stores the
 identity where the framework expects it and renders an `AuthError` as the framework's response.

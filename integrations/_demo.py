@@ -167,9 +167,9 @@ def run_demo(*, token_file: str | None = None, other_token_file: str | None = No
     files = (token_file, other_token_file, expired_token_file)
     if os.environ.get("K8S_JWT_AUTH_ISSUER"):
         verifier = TokenVerifier(VerifierConfig.from_env())
-        tokens = [_read(path) for path in files]
+        token, other, expired = (_read(path) for path in files)
         out.write(f"issuer: {verifier.config.issuer} (from K8S_JWT_AUTH_* variables)\n")
-        return _run(verifier, real_cluster_cases(*tokens, policy=verifier.policy), out)
+        return _run(verifier, real_cluster_cases(token, other, expired, verifier.policy), out)
     if any(files):
         raise ConfigurationError("token files are for a real issuer: set K8S_JWT_AUTH_ISSUER and "
                                  "K8S_JWT_AUTH_AUDIENCES (without them the demo mints its own tokens)")

@@ -6,6 +6,9 @@
   `install(app, verifier)`. Extra: `[fastapi]`.
 * `k8s_jwt_auth.integrations.flask` — the `K8sJWTAuth` extension (`app.config` settings, enforcing mode),
   `current_workload`, `@workload_required(...)`, `K8sJWTAuthClient` for tests. Extra: `[flask]`.
+* `k8s_jwt_auth.integrations.django` — a Django app: `K8S_JWT_AUTH` settings with system checks,
+  `K8sJWTAuthMiddleware` (`request.workload`), `K8sJWTAuthBackend`, `@workload_required(...)`, and
+  `drf.K8sJWTAuthentication`/`WorkloadPermission` for Django REST framework. Extras: `[django]`, `[drf]`.
 
 Each adapter only reads the token from the request, calls the shared `TokenVerifier`, stores the
 identity where the framework expects it and renders an `AuthError` as the framework's response.

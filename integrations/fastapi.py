@@ -49,14 +49,8 @@ from k8s_jwt_auth._http import error_response, missing_token
 from k8s_jwt_auth.errors import ConfigurationError
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import (
-    build_verifier,
-    check_policy,
-    header_name,
-    log_rejection,
-    read_token,
-    websocket_close_code,
-)
+from ._asgi_common import read_token, websocket_close_code
+from ._common import build_verifier, check_policy, header_name, log_rejection
 from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response
 
 __all__ = [
@@ -156,7 +150,7 @@ class _Guard:
             token = read_token(conn.scope, self.header)
             return await self._verify(conn, token)
         except AuthError as exc:
-            log_rejection(logger, conn.scope, exc, token)
+            log_rejection(logger, exc, path=conn.scope.get("path", ""), kind=conn.scope["type"], token=token)
             if conn.scope["type"] == "websocket":
                 raise WebSocketException(websocket_close_code(exc), exc.reason) from exc
             raise WorkloadHTTPException(exc, self.realm) from exc

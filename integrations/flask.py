@@ -55,7 +55,7 @@ from k8s_jwt_auth._http import bearer_token, error_response, missing_token
 from k8s_jwt_auth.config import ENV_PREFIX, _bool, _str_tuple
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import PathMatcher, check_policy, header_name, log_rejection
+from ._common import PathMatcher, check_policy, header_name, log_rejection
 
 if TYPE_CHECKING:
     from k8s_jwt_auth.testing import FakeIssuer
@@ -300,7 +300,7 @@ def _gate(state: K8sJWTAuthState, policy: Policy, optional: bool) -> WorkloadIde
             check_policy(workload, policy, logger)
     except AuthError as exc:
         record.error = exc
-        log_rejection(logger, {"type": "http", "path": flask_request.path}, exc, token)
+        log_rejection(logger, exc, path=flask_request.path, token=token)
         raise
     if workload is not None:
         logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)

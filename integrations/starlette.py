@@ -56,16 +56,8 @@ from k8s_jwt_auth import AuthError, InvalidToken, Policy, TokenVerifier, Verifie
 from k8s_jwt_auth._http import error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import (
-    Authenticator,
-    PathMatcher,
-    auth_scopes,
-    build_verifier,
-    header_name,
-    log_rejection,
-    route_path,
-    websocket_close_code,
-)
+from ._asgi_common import Authenticator, auth_scopes, route_path, websocket_close_code
+from ._common import PathMatcher, build_verifier, header_name, log_rejection
 
 __all__ = [
     "K8sJWTAuthMiddleware",
@@ -189,7 +181,7 @@ class K8sJWTAuthMiddleware:
             return credentials_for(workload)
         if not self.optional:
             error = missing_token()
-            log_rejection(logger, scope, error)
+            log_rejection(logger, error, path=scope.get("path", ""), kind=scope["type"])
             raise error
         return AuthCredentials(), UnauthenticatedUser()
 

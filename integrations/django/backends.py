@@ -43,7 +43,7 @@ from k8s_jwt_auth import AuthError, KeySetUnavailable
 from k8s_jwt_auth._jws import fingerprint
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._asgi_common import check_policy  # noqa: TID252
+from .._common import check_policy
 from .conf import LoadedSettings, get_settings, sensitive_token
 
 __all__ = ["K8sJWTAuthBackend", "WorkloadUser"]

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.config import _SUFFIXES
 
-from .._asgi_common import PathMatcher, header_name  # noqa: TID252
+from .._common import PathMatcher, header_name
 
 if TYPE_CHECKING:
     from .backends import K8sJWTAuthBackend

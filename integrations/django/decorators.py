@@ -32,7 +32,7 @@ from k8s_jwt_auth import AuthError, ConfigurationError, Policy
 from k8s_jwt_auth._http import missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._asgi_common import check_policy  # noqa: TID252
+from .._common import check_policy
 from .conf import get_settings
 from .middleware import auth_error_response, log_refusal, logger
 

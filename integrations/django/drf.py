@@ -45,7 +45,7 @@ from k8s_jwt_auth import AuthError, KeySetUnavailable, Policy, PolicyDenied
 from k8s_jwt_auth._http import challenge, error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._asgi_common import check_policy  # noqa: TID252
+from .._common import check_policy
 from .conf import get_settings, sensitive_token
 from .decorators import view_policy
 from .middleware import log_refusal, logger, read_token

@@ -38,7 +38,7 @@ from k8s_jwt_auth import AuthError, PolicyDenied
 from k8s_jwt_auth._http import bearer_token, error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._asgi_common import check_policy, log_rejection  # noqa: TID252
+from .._common import check_policy, log_rejection
 from .conf import LoadedSettings, get_settings, sensitive_token
 
 __all__ = ["K8sJWTAuthMiddleware", "auth_error_response", "log_refusal", "read_token"]
@@ -66,7 +66,7 @@ def auth_error_response(exc: AuthError, realm: str | None = None) -> HttpRespons
 
 def log_refusal(request: HttpRequest, exc: AuthError, token: str | None = None) -> None:
     """Log a refused request: status, reason, path and the token's fingerprint (never the token)."""
-    log_rejection(logger, {"type": "http", "path": request.path}, exc, token)
+    log_rejection(logger, exc, path=request.path, token=token)
 
 
 def _set_user(request: HttpRequest, user: Any) -> None:

@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from k8s_jwt_auth import AuthError, ConfigurationError, Policy, Rule, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._http import bearer_token, error_response, missing_token
-from k8s_jwt_auth.config import ENV_PREFIX, _bool, _str_tuple
+from k8s_jwt_auth.config import ENV_PREFIX, parse_bool, parse_list
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 from ._common import PathMatcher, check_policy, header_name, log_rejection
@@ -216,10 +216,10 @@ def _build_state(extension: K8sJWTAuth, verifier: TokenVerifier, config: Mapping
         policy=verifier.policy,
         header=_setting(config, "HEADER", _header),
         realm=_setting(config, "REALM", _realm),
-        enforce=_setting(config, "ENFORCE", _bool),
-        optional=_setting(config, "OPTIONAL", _bool),
-        exempt_paths=_setting(config, "EXEMPT_PATHS", lambda v: PathMatcher(_str_tuple(v, "paths"))),
-        exempt_endpoints=_setting(config, "EXEMPT_ENDPOINTS", lambda v: frozenset(_str_tuple(v, "endpoints"))),
+        enforce=_setting(config, "ENFORCE", parse_bool),
+        optional=_setting(config, "OPTIONAL", parse_bool),
+        exempt_paths=_setting(config, "EXEMPT_PATHS", lambda v: PathMatcher(parse_list(v, "paths"))),
+        exempt_endpoints=_setting(config, "EXEMPT_ENDPOINTS", lambda v: frozenset(parse_list(v, "endpoints"))),
     )
 
 

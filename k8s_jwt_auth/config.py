@@ -37,6 +37,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -45,8 +46,11 @@ from .errors import ConfigurationError
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "ENV_PREFIX",
+    "SETTINGS",
     "SUPPORTED_ALGORITHMS",
     "VerifierConfig",
+    "parse_bool",
+    "parse_list",
 ]
 
 ENV_PREFIX = "K8S_JWT_AUTH_"
@@ -107,7 +111,10 @@ class VerifierConfig:
         self._check_numbers()
         from .policy import Policy  # policy imports nothing from here; local import avoids a cycle
 
-        Policy.parse(self.allow, dry_run=self.dry_run)
+        try:
+            Policy.parse(self.allow, dry_run=self.dry_run)
+        except ConfigurationError as exc:
+            raise ConfigurationError(exc.message, setting="ALLOW") from exc
 
     # -- normalisation / validation ---------------------------------------------------------------
 
@@ -127,16 +134,16 @@ class VerifierConfig:
 
     def _check_issuer(self) -> None:
         if not isinstance(self.issuer, str) or not self.issuer.strip():
-            raise ConfigurationError("issuer is required: set it to the cluster's --service-account-issuer "
+            raise _invalid("issuer", "issuer is required: set it to the cluster's --service-account-issuer "
                                      "(e.g. https://kubernetes.default.svc.cluster.local)")
         if self.issuer != self.issuer.strip():
-            raise ConfigurationError("issuer has leading or trailing whitespace; iss is compared exactly")
+            raise _invalid("issuer", "issuer has leading or trailing whitespace; iss is compared exactly")
         if self.uses_discovery:
             self._check_url(self.issuer, "issuer")
 
     def _check_audiences(self) -> None:
         if not self.audiences or any(not a.strip() for a in self.audiences):
-            raise ConfigurationError("audiences must list at least one non-empty audience: the value callers "
+            raise _invalid("audiences", "audiences must list at least one non-empty audience: the value callers "
                                      "request with `serviceAccountToken.audience` (e.g. payments-api)")
 
     def _check_key_source(self) -> None:
@@ -148,31 +155,32 @@ class VerifierConfig:
         for name in ("jwks_file", "ca_file", "token_file"):
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
-                raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
+                raise _invalid(name, f"{name} {path!r} does not exist or is not a file")
 
     def _check_trust_domain(self) -> None:
         if not isinstance(self.trust_domain, str) or not re.fullmatch(r"[a-z0-9.\-_]+", self.trust_domain):
-            raise ConfigurationError(f"trust_domain {self.trust_domain!r} must be a DNS-like name such as "
+            raise _invalid("trust_domain", f"trust_domain {self.trust_domain!r} must be a DNS-like name such as "
                                      "cluster.local (lowercase letters, digits, '.', '-', '_')")
 
     def _check_algorithms(self) -> None:
         bad = sorted(set(self.algorithms) - SUPPORTED_ALGORITHMS)
         if bad or not self.algorithms:
-            raise ConfigurationError(f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}; "
+            raise _invalid("algorithms", f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}; "
                                      f"not allowed: {bad} (symmetric and 'none' algorithms are never accepted)")
 
     def _check_numbers(self) -> None:
         for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "max_token_age", "token_cache_ttl"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ConfigurationError(f"{name} must be >= 0 seconds, not {value}")
+                raise _invalid(name, f"{name} must be >= 0 seconds, not {value}")
         if self.timeout == 0:
-            raise ConfigurationError("timeout must be > 0 seconds: fetches without a timeout can hang")
+            raise _invalid("timeout", "timeout must be > 0 seconds: fetches without a timeout can hang")
         if not isinstance(self.max_token_size, int) or self.max_token_size < 256:
-            raise ConfigurationError("max_token_size must be an integer >= 256 bytes")
+            raise _invalid("max_token_size", "max_token_size must be an integer >= 256 bytes")
         if isinstance(self.token_cache_size, bool) or not isinstance(self.token_cache_size, int) \
                 or self.token_cache_size < 0:
-            raise ConfigurationError("token_cache_size must be an integer >= 0 (0 turns the verified-token cache off)")
+            raise _invalid("token_cache_size",
+                           "token_cache_size must be an integer >= 0 (0 turns the verified-token cache off)")
 
     def _check_url(self, url: str, name: str) -> None:
         parts = urlsplit(url)
@@ -180,7 +188,7 @@ class VerifierConfig:
             return
         if parts.scheme == "http" and parts.hostname and (self.allow_insecure_http or _is_loopback(parts.hostname)):
             return
-        raise ConfigurationError(f"{name} {url!r} must be an https:// URL (plain http only for loopback "
+        raise _invalid(name, f"{name} {url!r} must be an https:// URL (plain http only for loopback "
                                  "addresses, or with allow_insecure_http=True)")
 
     # -- derived values ---------------------------------------------------------------------------
@@ -219,15 +227,24 @@ class VerifierConfig:
             name, parse = _SUFFIXES[suffix]
             try:
                 kwargs[name] = parse(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{key}: {exc.message}", setting=suffix) from exc
             except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"{key}: {exc}") from exc
+                raise ConfigurationError(f"{key}: {exc}", setting=suffix) from exc
             except OSError as exc:
-                raise ConfigurationError(f"{key}: cannot read {exc.filename!r}: {exc.strerror}") from exc
+                message = f"{key}: cannot read {exc.filename!r}: {exc.strerror}"
+                raise ConfigurationError(message, setting=suffix) from exc
         kwargs.update(overrides)
-        missing = [f"{prefix}{s}" for s in ("ISSUER", "AUDIENCES") if _SUFFIXES[s][0] not in kwargs]
+        missing = [s for s in ("ISSUER", "AUDIENCES") if _SUFFIXES[s][0] not in kwargs]
         if missing:
-            raise ConfigurationError(f"missing required setting(s): {', '.join(missing)}")
-        return cls(**kwargs)
+            raise ConfigurationError(f"missing required setting(s): {', '.join(prefix + m for m in missing)}",
+                                     setting=missing[0])
+        try:
+            return cls(**kwargs)
+        except ConfigurationError as exc:  # name the key as the source spells it
+            if exc.setting is None:
+                raise
+            raise ConfigurationError(f"{prefix}{exc.setting}: {exc.message}", setting=exc.setting) from exc
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> VerifierConfig:
@@ -272,6 +289,11 @@ class VerifierConfig:
 # -- the one parser of setting suffixes ------------------------------------------------------------
 
 
+def _invalid(field_name: str, message: str) -> ConfigurationError:
+    """A `ConfigurationError` about one field, carrying the setting suffix that sets it."""
+    return ConfigurationError(message, setting=_FIELD_SUFFIXES.get(field_name))
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -292,16 +314,16 @@ def _str_tuple(value: object, name: str, *, split_spaces: bool = False) -> tuple
         value = sorted(value, key=str)  # no order of their own: make it deterministic
     if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
         return tuple(v.strip() for v in value)
-    raise ConfigurationError(f"{name} must be a string or a list of strings, not {type(value).__name__}")
+    raise _invalid(name, f"{name} must be a string or a list of strings, not {type(value).__name__}")
 
 
 def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+        raise _invalid(name, f"{name} must be a number of seconds, not {value!r}")
     try:
         return float(value)
     except ValueError as exc:
-        raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}") from exc
+        raise _invalid(name, f"{name} must be a number of seconds, not {value!r}") from exc
 
 
 def _bool(value: object) -> bool:
@@ -369,3 +391,10 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "TOKEN_CACHE_TTL": ("token_cache_ttl", _identity),
 }
 assert {n for n, _ in _SUFFIXES.values()} <= {f.name for f in fields(VerifierConfig)}
+
+#: Setting suffix -> `VerifierConfig` field, for every setting the suffix parser knows.
+SETTINGS: Mapping[str, str] = MappingProxyType({suffix: name for suffix, (name, _) in _SUFFIXES.items()})
+_FIELD_SUFFIXES = {name: suffix for suffix, name in SETTINGS.items()}
+
+parse_bool = _bool
+parse_list = _str_tuple

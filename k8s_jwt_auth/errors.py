@@ -126,11 +126,19 @@ class KeySetUnavailable(AuthError):
 
 
 class ConfigurationError(AuthError, ValueError):
-    """The configuration is invalid. Raised at construction only, never while verifying."""
+    """The configuration is invalid. Raised at construction only, never while verifying.
+
+    `setting` is the setting suffix at fault (`"JWKS_URI"`, `"AUDIENCES"`...) when there is one, so that
+    each framework can name its own key (`K8S_JWT_AUTH_JWKS_URI`, `K8S_JWT_AUTH["JWKS_URI"]`).
+    """
 
     status_code = 500
     error = "configuration_error"
     default_reason = "invalid_config"
+
+    def __init__(self, message: str, *, setting: str | None = None, reason: Reason | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.setting = setting
 
 
 for _cls in (AuthError, InvalidToken, PolicyDenied, KeySetUnavailable, ConfigurationError):

@@ -207,3 +207,27 @@ def test_any_sequence_of_strings_is_accepted() -> None:
 
     config = VerifierConfig(issuer=REAL_ISSUER, audiences=deque(["b", "a"]), allow=frozenset({"y/*", "x/*"}))
     assert config.audiences == ("b", "a") and config.allow == ("x/*", "y/*")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting"),
+    [("K8S_JWT_AUTH_JWKS_URI", "ftp://x/jwks", "JWKS_URI"), ("K8S_JWT_AUTH_AUDIENCES", " , ", "AUDIENCES"),
+     ("K8S_JWT_AUTH_LEEWAY", "-3", "LEEWAY"), ("K8S_JWT_AUTH_ALLOW", "payments", "ALLOW"),
+     ("K8S_JWT_AUTH_ALGORITHMS", "HS256", "ALGORITHMS"), ("K8S_JWT_AUTH_TRUST_DOMAIN", "A/B", "TRUST_DOMAIN")],
+)
+def test_errors_name_the_key_as_the_source_spells_it(variable: str, value: str, setting: str) -> None:
+    env = {"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a", variable: value}
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_env(env)
+    assert info.value.setting == setting and info.value.message.startswith(f"{variable}: ")
+    mapping = {"ISSUER": REAL_ISSUER, "AUDIENCES": "a", variable.removeprefix("K8S_JWT_AUTH_"): value}
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig.from_mapping(mapping)
+    assert info.value.setting == setting and info.value.message.startswith(f"{setting}: ")
+
+
+def test_public_settings_table_matches_the_fields() -> None:
+    from k8s_jwt_auth.config import SETTINGS
+
+    assert SETTINGS["JWKS_URI"] == "jwks_uri" and SETTINGS["TOKEN_CACHE_SIZE"] == "token_cache_size"
+    assert all(hasattr(VerifierConfig(issuer=REAL_ISSUER, audiences="a"), name) for name in SETTINGS.values())

@@ -20,7 +20,6 @@ that reports it.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
-from k8s_jwt_auth.config import _SUFFIXES
+from k8s_jwt_auth.config import SETTINGS
 
 from .._common import PathMatcher, header_name
 
@@ -61,9 +60,8 @@ __all__ = [
 SETTING = "K8S_JWT_AUTH"
 APP_LABEL = "k8s_jwt_auth"
 DJANGO_KEYS = frozenset({"EXEMPT_PATHS", "OPTIONAL", "HEADER", "MAP_TO_USERS", "REALM", "VERIFIER"})
-VERIFIER_KEYS = frozenset(_SUFFIXES)
+VERIFIER_KEYS = frozenset(SETTINGS)
 _REQUIRED = ("ISSUER", "AUDIENCES")
-_FIELD_KEYS = {name: suffix for suffix, (name, _) in _SUFFIXES.items()} | {"policy": "ALLOW", "rule": "ALLOW"}
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -186,7 +184,8 @@ def _verifier(mapping: Mapping[str, Any]) -> TokenVerifier:
     try:
         return TokenVerifier(VerifierConfig.from_mapping(core))
     except ConfigurationError as exc:
-        key, message = _locate(exc.message, core)
+        key = exc.setting
+        message = exc.message.removeprefix(f"{key}: ") if key else exc.message
         raise SettingsError("E004", message, key=key) from exc
 
 
@@ -200,14 +199,6 @@ def _given_verifier(given: object, core: Mapping[str, Any]) -> TokenVerifier:
         return TokenVerifier(given)
     raise SettingsError("E005", f"must be a TokenVerifier or a VerifierConfig, not {type(given).__name__}",
                         key="VERIFIER")
-
-
-def _locate(message: str, core: Mapping[str, Any]) -> tuple[str | None, str]:
-    """The key a `ConfigurationError` message is about (`"LEEWAY: ..."`, `"issuer ..."`), and the message."""
-    head = re.split(r"[\s:]", message, maxsplit=1)[0]
-    if head in core:
-        return head, message[len(head):].lstrip(": ")
-    return _FIELD_KEYS.get(head), message
 
 
 def _exempt(paths: object) -> PathMatcher:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from k8s_jwt_auth import AuthError, KeySetUnavailable, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._jws import fingerprint
@@ -21,21 +21,27 @@ __all__ = ["PathMatcher", "build_verifier", "check_policy", "header_name", "log_
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")  # RFC 9110 field-name characters
 
 
-def build_verifier(verifier: TokenVerifier | VerifierConfig | None) -> TokenVerifier:
-    """The verifier an adapter uses: the one given, one built from a config, or one from the environment.
+def build_verifier(
+    verifier: TokenVerifier | VerifierConfig | None,
+    default: Callable[[], VerifierConfig] = VerifierConfig.from_env,
+) -> TokenVerifier:
+    """The verifier an adapter uses: the one given, one built from a config, or one from `default()`.
+
+    Args:
+        verifier: what the user gave.
+        default: the settings to use when nothing was given (`K8S_JWT_AUTH_*` environment variables).
 
     Raises:
-        ConfigurationError: when `K8S_JWT_AUTH_*` variables are missing or invalid, or `verifier` has a
-            wrong type.
+        ConfigurationError: when the settings are missing or invalid, or `verifier` has a wrong type.
     """
     if verifier is None:
-        return TokenVerifier(VerifierConfig.from_env())
+        return TokenVerifier(default())
     if isinstance(verifier, VerifierConfig):
         return TokenVerifier(verifier)
     if isinstance(verifier, TokenVerifier):
         return verifier
-    raise ConfigurationError(f"verifier must be a TokenVerifier, a VerifierConfig or None (read K8S_JWT_AUTH_* "
-                             f"variables), not {type(verifier).__name__}")
+    raise ConfigurationError(f"verifier must be a TokenVerifier, a VerifierConfig or None (to read the settings), "
+                             f"not {type(verifier).__name__}")
 
 
 def header_name(name: str) -> bytes:

@@ -55,7 +55,7 @@ from k8s_jwt_auth._http import bearer_token, error_response, missing_token
 from k8s_jwt_auth.config import ENV_PREFIX, parse_bool, parse_list
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._common import PathMatcher, check_policy, header_name, log_rejection
+from ._common import PathMatcher, build_verifier, check_policy, header_name, log_rejection
 
 if TYPE_CHECKING:
     from k8s_jwt_auth.testing import FakeIssuer
@@ -197,16 +197,9 @@ def _verifier_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _build_verifier(config: Mapping[str, Any], given: TokenVerifier | VerifierConfig | None) -> TokenVerifier:
     settings = _verifier_settings(config)
-    if given is None:
-        return TokenVerifier(VerifierConfig.from_mapping(settings, prefix=ENV_PREFIX))
-    if settings:
+    if given is not None and settings:
         logger.warning("verifier= given: ignoring %s in app.config", ", ".join(sorted(settings)))
-    if isinstance(given, VerifierConfig):
-        return TokenVerifier(given)
-    if isinstance(given, TokenVerifier):
-        return given
-    raise ConfigurationError(f"verifier must be a TokenVerifier, a VerifierConfig or None (read app.config), "
-                             f"not {type(given).__name__}")
+    return build_verifier(given, lambda: VerifierConfig.from_mapping(settings, prefix=ENV_PREFIX))
 
 
 def _build_state(extension: K8sJWTAuth, verifier: TokenVerifier, config: Mapping[str, Any]) -> K8sJWTAuthState:

@@ -1,15 +1,10 @@
-"""Helpers for the Starlette/FastAPI tests: TestClient import, verifiers on the fake issuer, a real uvicorn."""
+"""Helpers shared by the adapter tests: TestClient import, verifiers on the fake issuer, bad tokens and headers."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
-
-import uvicorn
 
 from k8s_jwt_auth import KeySetUnavailable, TokenVerifier, VerificationKey, VerifierConfig
 from k8s_jwt_auth.testing import FakeIssuer, SigningKey
@@ -25,7 +20,6 @@ __all__ = [
     "UnavailableKeys",
     "bad_tokens",
     "bearer",
-    "run_uvicorn",
     "static_verifier",
 ]
 
@@ -80,24 +74,3 @@ MALFORMED_HEADERS: dict[str, bytes] = {
     "huge_header": b"Bearer " + b"a.b.c" * 14_000,
     "json_token": b'Bearer {"alg":"none"}',
 }
-
-
-@contextlib.contextmanager
-def run_uvicorn(app: Any, *, timeout: float = 10.0) -> Iterator[str]:
-    """Serve `app` with a real uvicorn on a free port of 127.0.0.1 in a thread; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", ws="none", log_level="warning",
-                            access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)

@@ -120,9 +120,13 @@ def run(*, quick: bool, table: Callable[..., None]) -> dict[str, Any]:
                                               "--no-access-log"],
     }
     if importlib.util.find_spec("gunicorn") and importlib.util.find_spec("k8s_jwt_auth.integrations.flask"):
+        import gunicorn
+
+        # gunicorn >= 25.1 opens a control socket in $HOME shared by every gunicorn: not wanted here
+        quiet = ["--no-control-socket"] if gunicorn.version_info >= (25, 1) else []
         apps["Flask + gunicorn"] = lambda port: [sys.executable, "-m", "gunicorn", "flask_hello:app", "-b",
                                                  f"127.0.0.1:{port}", "-w", "1", "--threads", "4",
-                                                 "--log-level", "warning"]
+                                                 "--log-level", "warning", *quiet]
     rows, ratios = [], {}
     try:
         for name, command in apps.items():

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from k8s_jwt_auth import TokenVerifier, VerifierConfig
-from k8s_jwt_auth.testing import SigningKey
+from k8s_jwt_auth.testing import FakeIssuer, SigningKey
 
 FIXTURES = Path(os.environ.get("K8S_FIXTURES_DIR", Path(__file__).resolve().parents[2] / "shared/fixtures/k8s"))
 REAL_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -40,6 +40,12 @@ def real_token(name: str) -> str:
 
 def real_detail(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / "tokens" / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def issuer(k8s_issuer: FakeIssuer) -> FakeIssuer:
+    """The session's fake issuer, reset for this test (its initial key, no failure, zero counters)."""
+    return k8s_issuer
 
 
 @pytest.fixture(scope="session")

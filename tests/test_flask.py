@@ -149,14 +149,6 @@ def make_app(settings: Mapping[str, object] | None = None, *, verifier: TokenVer
 
 
 @pytest.fixture
-def issuer(k8s_issuer_session: FakeIssuer) -> Iterator[FakeIssuer]:
-    """The session's fake issuer, with failure modes cleared but its key kept (a fresh RSA key per test is slow)."""
-    k8s_issuer_session.fail(None)
-    yield k8s_issuer_session
-    k8s_issuer_session.fail(None)
-
-
-@pytest.fixture
 def base(issuer: FakeIssuer, tmp_path: Path) -> dict[str, object]:
     """app.config settings for a verifier with the fake issuer's keys in a JWKS file (no fetch)."""
     jwks = tmp_path / "jwks.json"

@@ -73,17 +73,6 @@ def client_for(verifier: TokenVerifier, **options: Any) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def issuer(k8s_issuer_session: FakeIssuer) -> Iterator[FakeIssuer]:
-    """The session's fake issuer, with failure modes cleared but its key kept.
-
-    These tests only mint tokens and never rotate keys; a fresh RSA key per test would dominate their run time.
-    """
-    k8s_issuer_session.fail(None)
-    yield k8s_issuer_session
-    k8s_issuer_session.fail(None)
-
-
-@pytest.fixture
 def verifier(issuer: FakeIssuer) -> TokenVerifier:
     return static_verifier(issuer)
 

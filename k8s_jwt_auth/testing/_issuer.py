@@ -58,9 +58,8 @@ class FakeIssuer:
         self._issuer = issuer
         self._tls = TestCertificates.generate() if tls else None
         self.ca_pem: str | None = self._tls.ca_pem if self._tls is not None else None
-        self._initial_alg = algorithm
-        self.require_token = require_token
-        self.max_age = max_age
+        self._initial_key = SigningKey.generate(algorithm)
+        self._initial_settings = (require_token, max_age)
         self.clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -122,16 +121,24 @@ class FakeIssuer:
     # -- state ------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget failures and counters and start again from one fresh key of the initial algorithm."""
+        """Back to the state at construction: the initial key only, no failure, zero counters, the
+        constructor's `require_token` and `max_age`; requests held by the `slow` mode are released.
+
+        The initial key is kept (generating RSA keys is slow), so tokens minted before a reset still
+        verify; call `rotate()` for a new key.
+        """
         with self._lock:
-            self.keys: list[SigningKey] = [SigningKey.generate(self._initial_alg)]
+            self.keys: list[SigningKey] = [self._initial_key]
+            self.require_token, self.max_age = self._initial_settings
             self.failure: str | None = None
             self.failure_endpoint = "all"
             self.delay = 0.0
             self.discovery_fetches = 0
             self.jwks_fetches = 0
             self.requests: list[dict[str, str]] = []
-        self._wake = threading.Event()
+            wake, self._wake = getattr(self, "_wake", None), threading.Event()
+        if wake is not None:
+            wake.set()
 
     @property
     def key(self) -> SigningKey:

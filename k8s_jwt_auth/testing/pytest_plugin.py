@@ -1,7 +1,7 @@
 """pytest plugin (registered through the `pytest11` entry point): fixtures around `FakeIssuer`.
 
 * `k8s_issuer_session` — one `FakeIssuer` serving on 127.0.0.1 for the whole session.
-* `k8s_issuer` — the same issuer, reset (fresh key, no failure, zero counters) for each test.
+* `k8s_issuer` — the same issuer, reset (initial key only, no failure, zero counters) for each test.
 """
 
 from __future__ import annotations

@@ -40,14 +40,6 @@ def _no_database_unless_marked(request: pytest.FixtureRequest, django_db_blocker
 
 
 @pytest.fixture
-def issuer(k8s_issuer_session: FakeIssuer) -> Iterator[FakeIssuer]:
-    """The session's fake issuer, failure modes cleared, key kept (a fresh RSA key per test is slow)."""
-    k8s_issuer_session.fail(None)
-    yield k8s_issuer_session
-    k8s_issuer_session.fail(None)
-
-
-@pytest.fixture
 def jwks_file(issuer: FakeIssuer, tmp_path: Path) -> str:
     """The fake issuer's current keys in a JWKS file."""
     path = tmp_path / "jwks.json"

@@ -15,7 +15,7 @@ from k8s_jwt_auth import AuthError, InvalidToken, KeySetUnavailable, Policy, Tok
 from k8s_jwt_auth._http import bearer_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._common import check_policy, log_rejection
+from ._common import check_policy, log_admission, log_rejection
 
 __all__ = [
     "WS_CLOSE_POLICY_VIOLATION",
@@ -105,9 +105,11 @@ class Authenticator:
             if token is None:
                 return None
             workload = await self.verifier.verify_async(token)
-            check_policy(workload, self.policy, self.logger)
+            decision = check_policy(workload, self.policy, self.logger)
         except AuthError as exc:
-            log_rejection(self.logger, exc, path=scope.get("path", ""), kind=scope.get("type", "http"), token=token)
+            log_rejection(self.logger, exc, path=scope.get("path", ""), kind=scope.get("type", "http"), token=token,
+                          method=scope.get("method"))
             raise
-        self.logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)
+        log_admission(self.logger, workload, decision, path=scope.get("path", ""), method=scope.get("method"),
+                      kind=scope.get("type", "http"))
         return workload

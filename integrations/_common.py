@@ -1,8 +1,9 @@
 """Framework-free helpers shared by every adapter (Starlette, FastAPI, Flask, Django).
 
 Nothing here imports a web framework: building the verifier an adapter uses, validating header names,
-matching exempt paths, applying a policy (dry run included) and logging refusals with the token's
-fingerprint (never the token).
+matching exempt paths, applying a policy (dry run included), and logging every decision (`log_admission`,
+`log_rejection`): a line on the adapter's logger and one audit record on `k8s_jwt_auth.audit`, with the
+token's fingerprint (never the token).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 
-from k8s_jwt_auth import AuthError, KeySetUnavailable, Policy, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import AuthError, Decision, KeySetUnavailable, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._jws import fingerprint
+from k8s_jwt_auth.audit import audit_allowed, audit_refused
 from k8s_jwt_auth.errors import ConfigurationError
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-__all__ = ["PathMatcher", "build_verifier", "check_policy", "header_name", "log_rejection"]
+__all__ = ["PathMatcher", "build_verifier", "check_policy", "header_name", "log_admission", "log_rejection"]
 
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")  # RFC 9110 field-name characters
 
@@ -97,23 +99,38 @@ def _check_path(path: object) -> None:
         raise ConfigurationError(f"exempt path {path!r}: '*' is only allowed as a trailing '/*' (e.g. '/public/*')")
 
 
-def check_policy(workload: WorkloadIdentity, policy: Policy | None, logger: logging.Logger) -> None:
+def check_policy(workload: WorkloadIdentity, policy: Policy | None, logger: logging.Logger) -> Decision | None:
     """Apply `policy` to `workload`; a dry-run policy logs a would-be denial instead of raising.
+
+    Returns:
+        The decision, for `log_admission` (`None` when there is no policy to apply).
 
     Raises:
         PolicyDenied: the policy denies the workload and is not in dry-run mode.
     """
     if policy is None or policy.is_open:
-        return
+        return None
     decision = policy.enforce(workload)
     if not decision.allowed:
         logger.warning("policy dry run: %s would be %s (token %s)", workload.username, decision.explanation,
                        workload.token_fingerprint or "-")
+    return decision
+
+
+def log_admission(logger: logging.Logger, workload: WorkloadIdentity, decision: Decision | None, *, path: str,
+                  method: str | None = None, kind: str = "http") -> None:
+    """Log a request let through: a debug line and one audit record (`allowed` or `dry_run_denied`)."""
+    logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)
+    audit_allowed(workload, decision, path=path, method=method, transport=kind)
 
 
 def log_rejection(logger: logging.Logger, exc: AuthError, *, path: str, kind: str = "http",
-                  token: str | None = None) -> None:
-    """Log why a request was refused: status, reason, path and the token's fingerprint (never the token)."""
+                  token: str | None = None, method: str | None = None) -> None:
+    """Log why a request was refused: status, reason, path and the token's fingerprint (never the token).
+
+    Also emits the request's one audit record (`denied_policy`, `rejected_token` or `unavailable`).
+    """
     level = logging.WARNING if isinstance(exc, KeySetUnavailable) else logging.INFO
     logger.log(level, "rejected %s %s: %s %s: %s (token %s)", kind, path, exc.status_code, exc.reason, exc.message,
                fingerprint(token) if token else "-")
+    audit_refused(exc, token=token, path=path, method=method, transport=kind)

@@ -44,13 +44,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.fastapi needs FastAPI: pip install "k8s-jwt-auth[fastapi]"') from exc
 
-from k8s_jwt_auth import AuthError, Policy, Rule, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import AuthError, Decision, Policy, Rule, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._http import error_response, missing_token
 from k8s_jwt_auth.errors import ConfigurationError
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 from ._asgi_common import read_token, websocket_close_code
-from ._common import build_verifier, check_policy, header_name, log_rejection
+from ._common import build_verifier, check_policy, header_name, log_admission, log_rejection
 from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response
 
 __all__ = [
@@ -144,13 +144,16 @@ class _Guard:
         token: str | None = None
         try:
             user = conn.scope.get("user")
-            if isinstance(user, WorkloadUser):  # the middleware verified it already
-                check_policy(user.workload, self._policy(self._find_verifier(conn)), logger)
+            if isinstance(user, WorkloadUser):  # the middleware verified it already (and logged an admission)
+                decision = check_policy(user.workload, self._policy(self._find_verifier(conn)), logger)
+                if decision is not None:  # a second gate: record its own decision
+                    self._admitted(conn, user.workload, decision)
                 return user.workload
             token = read_token(conn.scope, self.header)
             return await self._verify(conn, token)
         except AuthError as exc:
-            log_rejection(logger, exc, path=conn.scope.get("path", ""), kind=conn.scope["type"], token=token)
+            log_rejection(logger, exc, path=conn.scope.get("path", ""), kind=conn.scope["type"], token=token,
+                          method=conn.scope.get("method"))
             if conn.scope["type"] == "websocket":
                 raise WebSocketException(websocket_close_code(exc), exc.reason) from exc
             raise WorkloadHTTPException(exc, self.realm) from exc
@@ -164,8 +167,13 @@ class _Guard:
         if verifier is None:
             raise RuntimeError(_NO_VERIFIER)
         workload = await verifier.verify_async(token)
-        check_policy(workload, self._policy(verifier), logger)
+        self._admitted(conn, workload, check_policy(workload, self._policy(verifier), logger))
         return workload
+
+    @staticmethod
+    def _admitted(conn: HTTPConnection, workload: WorkloadIdentity, decision: Decision | None) -> None:
+        log_admission(logger, workload, decision, path=conn.scope.get("path", ""), method=conn.scope.get("method"),
+                      kind=conn.scope["type"])
 
     def _find_verifier(self, conn: HTTPConnection) -> TokenVerifier | None:
         return self.verifier or getattr(conn.app.state, STATE_KEY, None)

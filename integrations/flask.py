@@ -55,7 +55,7 @@ from k8s_jwt_auth._http import bearer_token, error_response, missing_token
 from k8s_jwt_auth.config import ENV_PREFIX, parse_bool, parse_list
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._common import PathMatcher, build_verifier, check_policy, header_name, log_rejection
+from ._common import PathMatcher, build_verifier, check_policy, header_name, log_admission, log_rejection
 
 if TYPE_CHECKING:
     from k8s_jwt_auth.testing import FakeIssuer
@@ -283,20 +283,20 @@ def _verified(record: _RequestAuth, state: K8sJWTAuthState, token: str | None) -
 
 def _gate(state: K8sJWTAuthState, policy: Policy, optional: bool) -> WorkloadIdentity | None:
     """Authenticate the request and apply `policy`; store the workload, or record and raise the refusal."""
-    record, token = _record(), None
+    record, token, decision = _record(), None, None
     try:
         token = bearer_token(flask_request.headers.get(state.header))
         workload = _verified(record, state, token)
         if workload is None and not optional:
             raise missing_token()
         if workload is not None:
-            check_policy(workload, policy, logger)
+            decision = check_policy(workload, policy, logger)
     except AuthError as exc:
         record.error = exc
-        log_rejection(logger, exc, path=flask_request.path, token=token)
+        log_rejection(logger, exc, path=flask_request.path, token=token, method=flask_request.method)
         raise
     if workload is not None:
-        logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)
+        log_admission(logger, workload, decision, path=flask_request.path, method=flask_request.method)
     record.gated, record.workload = True, workload
     return workload
 

@@ -181,7 +181,7 @@ class K8sJWTAuthMiddleware:
             return credentials_for(workload)
         if not self.optional:
             error = missing_token()
-            log_rejection(logger, error, path=scope.get("path", ""), kind=scope["type"])
+            log_rejection(logger, error, path=scope.get("path", ""), kind=scope["type"], method=scope.get("method"))
             raise error
         return AuthCredentials(), UnauthenticatedUser()
 

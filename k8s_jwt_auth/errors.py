@@ -21,7 +21,10 @@ Adapters catch `AuthError` and nothing else.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from .identity import WorkloadIdentity
 
 __all__ = [
     "AuthError",
@@ -98,16 +101,19 @@ class InvalidToken(AuthError):
 class PolicyDenied(AuthError):
     """The token is valid, but the policy does not allow this workload (HTTP 403).
 
-    `rule` is the compact form of the rule that decided (`None` when no allow rule matched).
+    `rule` is the compact form of the rule that decided (`None` when no allow rule matched); `workload`
+    is the verified identity that was denied (for audit records; `None` when not given).
     """
 
     status_code = 403
     error = "insufficient_scope"
     default_reason = "policy_denied"
 
-    def __init__(self, message: str, *, rule: str | None = None, reason: Reason | None = None) -> None:
+    def __init__(self, message: str, *, rule: str | None = None, reason: Reason | None = None,
+                 workload: WorkloadIdentity | None = None) -> None:
         super().__init__(message, reason=reason)
         self.rule = rule
+        self.workload = workload
 
 
 class KeySetUnavailable(AuthError):

@@ -197,5 +197,6 @@ class Policy:
         if decision.enforced_denial:
             rule = str(decision.rule) if decision.rule else None
             raise PolicyDenied(f"workload {identity.namespace}/{identity.service_account} is not allowed "
-                               + (f"(denied by rule {rule})" if rule else "(no allow rule matches)"), rule=rule)
+                               + (f"(denied by rule {rule})" if rule else "(no allow rule matches)"), rule=rule,
+                               workload=identity)
         return decision

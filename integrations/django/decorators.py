@@ -34,7 +34,7 @@ from k8s_jwt_auth.identity import WorkloadIdentity
 
 from .._common import check_policy
 from .conf import get_settings
-from .middleware import auth_error_response, log_refusal, logger
+from .middleware import auth_error_response, log_admitted, log_refusal, logger
 
 __all__ = ["WorkloadRequiredMixin", "check_workload", "view_policy", "workload_required"]
 
@@ -73,10 +73,12 @@ def check_workload(request: HttpRequest, policy: Policy | None = None) -> HttpRe
     try:
         if workload is None:
             raise missing_token()
-        check_policy(workload, policy, logger)
+        decision = check_policy(workload, policy, logger)
     except AuthError as exc:
         log_refusal(request, exc)
         return auth_error_response(exc, get_settings().loaded.realm)
+    if decision is not None:  # a second gate after the middleware: record its own decision
+        log_admitted(request, workload, decision)
     return None
 
 

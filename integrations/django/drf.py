@@ -48,7 +48,7 @@ from k8s_jwt_auth.identity import WorkloadIdentity
 from .._common import check_policy
 from .conf import get_settings, sensitive_token
 from .decorators import view_policy
-from .middleware import log_refusal, logger, read_token
+from .middleware import log_admitted, log_refusal, logger, read_token
 
 __all__ = [
     "K8sJWTAuthentication",
@@ -132,14 +132,16 @@ class K8sJWTAuthentication(BaseAuthentication):  # type: ignore[misc]  # DRF shi
             if k8s_token is None:
                 return None
             workload = conf.verifier.verify(k8s_token)
-            check_policy(workload, conf.policy, logger)
+            decision = check_policy(workload, conf.policy, logger)
             user = conf.backend.user_for_workload(django_request, workload)
             if user is None:
-                raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user")
+                raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
+                                   workload=workload)
         except AuthError as exc:
             log_refusal(django_request, exc, k8s_token)
             setattr(request, _ERROR_ATTR, exc)
             raise api_exception(exc, conf.realm) from exc
+        log_admitted(django_request, workload, decision)
         return user, workload
 
     def authenticate_header(self, request: Request) -> str:
@@ -177,10 +179,12 @@ class WorkloadPermission(BasePermission):  # type: ignore[misc]  # DRF ships no 
         try:
             if workload is None:
                 raise missing_token()
-            check_policy(workload, self._guard, logger)
+            decision = check_policy(workload, self._guard, logger)
         except AuthError as exc:
             log_refusal(request._request, exc)
             raise api_exception(exc, get_settings().loaded.realm) from exc
+        if decision is not None:  # a second gate after authentication: record its own decision
+            log_admitted(request._request, workload, decision)
         return True
 
 

@@ -34,14 +34,14 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import AuthError, PolicyDenied
+from k8s_jwt_auth import AuthError, Decision, PolicyDenied
 from k8s_jwt_auth._http import bearer_token, error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._common import check_policy, log_rejection
+from .._common import check_policy, log_admission, log_rejection
 from .conf import LoadedSettings, get_settings, sensitive_token
 
-__all__ = ["K8sJWTAuthMiddleware", "auth_error_response", "log_refusal", "read_token"]
+__all__ = ["K8sJWTAuthMiddleware", "auth_error_response", "log_admitted", "log_refusal", "read_token"]
 
 logger = logging.getLogger("k8s_jwt_auth.integrations.django")
 
@@ -66,7 +66,12 @@ def auth_error_response(exc: AuthError, realm: str | None = None) -> HttpRespons
 
 def log_refusal(request: HttpRequest, exc: AuthError, token: str | None = None) -> None:
     """Log a refused request: status, reason, path and the token's fingerprint (never the token)."""
-    log_rejection(logger, exc, path=request.path, token=token)
+    log_rejection(logger, exc, path=request.path, token=token, method=request.method)
+
+
+def log_admitted(request: HttpRequest, workload: WorkloadIdentity, decision: Decision | None) -> None:
+    """Log a request let through: a debug line and its audit record (`allowed` or `dry_run_denied`)."""
+    log_admission(logger, workload, decision, path=request.path, method=request.method)
 
 
 def _set_user(request: HttpRequest, user: Any) -> None:
@@ -106,8 +111,8 @@ class K8sJWTAuthMiddleware:
         try:
             k8s_token = self._token(request, conf)
             if k8s_token is not None:
-                workload = self._admit(conf, conf.verifier.verify(k8s_token))
-                self._attach(request, workload, conf.backend.user_for_workload(request, workload))
+                workload, decision = self._admit(conf, conf.verifier.verify(k8s_token))
+                self._attach(request, workload, decision, conf.backend.user_for_workload(request, workload))
         except AuthError as exc:
             return self._refuse(request, conf, exc, k8s_token)
         return self.get_response(request)
@@ -118,8 +123,9 @@ class K8sJWTAuthMiddleware:
         try:
             k8s_token = self._token(request, conf)
             if k8s_token is not None:
-                workload = self._admit(conf, await conf.verifier.verify_async(k8s_token))
-                self._attach(request, workload, await conf.backend.auser_for_workload(request, workload))
+                workload, decision = self._admit(conf, await conf.verifier.verify_async(k8s_token))
+                self._attach(request, workload, decision,
+                             await conf.backend.auser_for_workload(request, workload))
         except AuthError as exc:
             return self._refuse(request, conf, exc, k8s_token)
         response: Awaitable[Any] = self.get_response(request)
@@ -146,17 +152,17 @@ class K8sJWTAuthMiddleware:
         return token
 
     @staticmethod
-    def _admit(conf: LoadedSettings, workload: WorkloadIdentity) -> WorkloadIdentity:
-        check_policy(workload, conf.policy, logger)
-        return workload
+    def _admit(conf: LoadedSettings, workload: WorkloadIdentity) -> tuple[WorkloadIdentity, Decision | None]:
+        return workload, check_policy(workload, conf.policy, logger)
 
     @staticmethod
-    def _attach(request: HttpRequest, workload: WorkloadIdentity, user: Any) -> None:
+    def _attach(request: HttpRequest, workload: WorkloadIdentity, decision: Decision | None, user: Any) -> None:
         if user is None:
-            raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user")
+            raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
+                               workload=workload)
         _set_user(request, user)
         request.workload = workload
-        logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)
+        log_admitted(request, workload, decision)
 
     @staticmethod
     def _refuse(request: HttpRequest, conf: LoadedSettings, exc: AuthError, token: str | None) -> HttpResponse:

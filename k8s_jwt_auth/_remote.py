@@ -49,6 +49,7 @@ from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailab
 from .keys import KeySet, VerificationKey
 
 if TYPE_CHECKING:
+    from ._observer import Observer
     from .config import VerifierConfig
 
 __all__ = [
@@ -492,6 +493,8 @@ class RemoteKeySource:
         allow_insecure_http: allow plain http to hosts other than loopback.
         max_response_size: the largest accepted response body, in bytes.
         clock: monotonic seconds (`time.monotonic`); inject a fake one in tests.
+        observer: told the outcome of every fetch (`on_fetch`); a `TokenVerifier` given an observer sets it
+            when it is `None`.
 
     Raises:
         ConfigurationError: for non-https URLs, a bad timeout or an unreadable CA file.
@@ -512,7 +515,9 @@ class RemoteKeySource:
         allow_insecure_http: bool = False,
         max_response_size: int = 1024 * 1024,
         clock: Callable[[], float] | None = None,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer
         self.fetcher = JwksFetcher(issuer, jwks_uri=jwks_uri, ca_file=ca_file, ssl_context=ssl_context,
                                    token_file=token_file, timeout=timeout, allow_insecure_http=allow_insecure_http,
                                    max_response_size=max_response_size)
@@ -754,6 +759,8 @@ class RemoteKeySource:
             future.set_result(None)
 
     def _succeeded(self, seq: int, result: FetchResult) -> None:
+        if self.observer is not None:
+            self.observer.on_fetch("success")
         now, max_age = self._clock(), self._effective_max_age(result.max_age)
         with self._lock:
             if seq < self._applied:  # a newer fetch already answered: never go back to older keys
@@ -766,6 +773,8 @@ class RemoteKeySource:
                      ", ".join(str(k) for k in result.keys.kids), max_age)
 
     def _failed(self, seq: int, error: FetchError) -> FetchError:
+        if self.observer is not None:
+            self.observer.on_fetch(error.kind)
         now = self._clock()
         with self._lock:
             if seq < self._applied:

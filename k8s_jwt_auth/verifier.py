@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from . import _claims
 from ._cache import CachedToken, CacheInfo, TokenCache
 from ._jws import ParsedToken, decode_payload, parse
+from ._observer import UNOBSERVED, Observation, Observer, Unobserved
 from .config import VerifierConfig
 from .errors import InvalidToken
 from .identity import WorkloadIdentity
@@ -46,11 +47,14 @@ class TokenVerifier:
         clock: the current time in Unix seconds; inject a fixed one in tests.
         policy: the policy integrations apply; by default built from `config.allow` and `config.dry_run`
             (pass a `Policy` for rules with audience or claim conditions).
+        observer: told about every verification and key fetch, e.g. `k8s_jwt_auth.metrics.Metrics(registry)`;
+            also attached to a `RemoteKeySource` that has no observer yet.
 
     Attributes:
         config: the settings.
         keys: the key source.
         policy: the policy integrations apply.
+        observer: the observer, or `None`.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class TokenVerifier:
         keys: KeySource | None = None,
         clock: Clock | None = None,
         policy: Policy | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config
         self.keys: KeySource = keys if keys is not None else key_source_from_config(config)
@@ -72,6 +77,9 @@ class TokenVerifier:
         self._max_size = config.max_token_size
         self._cache = (TokenCache(config.token_cache_size, config.token_cache_ttl, self._clock)
                        if config.token_cache_size > 0 else None)
+        self.observer = observer
+        if observer is not None and getattr(self.keys, "observer", False) is None:  # a RemoteKeySource's hook
+            self.keys.observer = observer  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self.config.issuer!r}, audiences={self.config.audiences!r})"
@@ -85,12 +93,14 @@ class TokenVerifier:
             InvalidToken: see the module docstring for the reasons.
             KeySetUnavailable: no usable key set could be obtained.
         """
-        digest = _digest(token)
-        hit = self._cached(digest)
-        if hit is not None and self._reusable(digest, hit, self.keys.get(hit.kid, hit.alg)):
-            return hit.identity
-        parsed, alg, kid = self._parse(token)
-        return self._finish(digest, parsed, alg, self.keys.get(kid, alg))
+        with self._observe() as seen:
+            digest = _digest(token)
+            hit = self._cached(digest)
+            if hit is not None and self._reusable(digest, hit, self.keys.get(hit.kid, hit.alg)):
+                seen.cached = True
+                return hit.identity
+            parsed, alg, kid = self._parse(token)
+            return self._finish(digest, parsed, alg, self.keys.get(kid, alg))
 
     async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
         """Like `verify`, for event loops: fetching keys never blocks the loop.
@@ -99,12 +109,14 @@ class TokenVerifier:
             InvalidToken: see the module docstring for the reasons.
             KeySetUnavailable: no usable key set could be obtained.
         """
-        digest = _digest(token)
-        hit = self._cached(digest)
-        if hit is not None and self._reusable(digest, hit, await self.keys.get_async(hit.kid, hit.alg)):
-            return hit.identity
-        parsed, alg, kid = self._parse(token)
-        return self._finish(digest, parsed, alg, await self.keys.get_async(kid, alg))
+        with self._observe() as seen:
+            digest = _digest(token)
+            hit = self._cached(digest)
+            if hit is not None and self._reusable(digest, hit, await self.keys.get_async(hit.kid, hit.alg)):
+                seen.cached = True
+                return hit.identity
+            parsed, alg, kid = self._parse(token)
+            return self._finish(digest, parsed, alg, await self.keys.get_async(kid, alg))
 
     def cache_info(self) -> CacheInfo | None:
         """Hits, misses and size of the verified-token cache (`None` when it is disabled)."""
@@ -116,6 +128,12 @@ class TokenVerifier:
             self._cache.clear()
 
     # -- steps ------------------------------------------------------------------------------------
+
+    def _observe(self) -> Observation | Unobserved:
+        """Times the call for the observer (outcome, reason, seconds, cache hit); a shared no-op without one."""
+        if self.observer is None:
+            return UNOBSERVED
+        return Observation(self.observer, self._cache is not None)
 
     def _parse(self, token: object) -> tuple[ParsedToken, str, str | None]:
         parsed = parse(token, self._max_size)

@@ -78,6 +78,8 @@ class AuditRecord:
         reason: `ok` when allowed, else the error's reason code (`expired`, `policy_denied`...).
         status: the HTTP status the request was refused with (`None` when it went on).
         issuer, namespace, service_account, pod, jti: from the verified token.
+        stale: the verified token is past its `kubernetes.io.warnafter` (an old client not re-reading its
+            projected token file); `None` before verification.
         token_fingerprint: the first 16 hex digits of the token's SHA-256 (`None` without a token).
         rule: the policy rule that decided, in compact form.
         path, method: the request, when the adapter knows them.
@@ -92,6 +94,7 @@ class AuditRecord:
     service_account: str | None = None
     pod: str | None = None
     jti: str | None = None
+    stale: bool | None = None
     token_fingerprint: str | None = None
     rule: str | None = None
     path: str | None = None
@@ -171,7 +174,7 @@ def _refusal(exc: AuthError) -> AuditDecision:
 def _identity_fields(workload: WorkloadIdentity) -> dict[str, Any]:
     return {"issuer": workload.issuer, "namespace": workload.namespace,
             "service_account": workload.service_account, "pod": workload.pod_name, "jti": workload.token_id,
-            "token_fingerprint": workload.token_fingerprint or None}
+            "stale": workload.stale, "token_fingerprint": workload.token_fingerprint or None}
 
 
 class JsonFormatter(logging.Formatter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,7 @@ def test_record_is_frozen_and_has_every_field() -> None:
     with pytest.raises(AttributeError):
         record.reason = "ok"  # type: ignore[misc]
     assert list(record.as_dict()) == ["decision", "reason", "status", "issuer", "namespace", "service_account",
-                                      "pod", "jti", "token_fingerprint", "rule", "path", "method", "transport"]
+                                      "pod", "jti", "stale", "token_fingerprint", "rule", "path", "method", "transport"]
     assert "expired" in record.message
 
 
@@ -264,6 +265,15 @@ def test_policy_denied_carries_the_workload(issuer: FakeIssuer) -> None:
     with pytest.raises(PolicyDenied) as caught:
         Policy.parse("payments/*").enforce(workload)
     assert caught.value.workload is workload
+
+
+def test_stale_token_is_flagged(issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+    token = issuer.mint("payments", "old-client", warn_after=time.time() - 60)
+    with starlette_client(static_verifier(issuer)) as client:
+        assert client.get("/whoami", headers=bearer(token)).status_code == 200
+    [record] = audit_dicts(caplog)
+    assert record["decision"] == "allowed" and record["stale"] is True
 
 
 def test_audit_allowed_without_policy_has_no_rule(issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:

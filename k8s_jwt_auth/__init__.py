@@ -14,6 +14,7 @@ Framework adapters live in `k8s_jwt_auth.integrations.*`; this package imports n
 from __future__ import annotations
 
 from ._remote import KeySourceStatus, RemoteKeySource
+from .client import ServiceAccountTokenAuth, TokenFileError, read_token
 from .config import VerifierConfig
 from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable, PolicyDenied, Reason
 from .identity import WorkloadIdentity
@@ -35,12 +36,15 @@ __all__ = [
     "PolicyDenied",
     "Reason",
     "RemoteKeySource",
+    "ServiceAccountTokenAuth",
     "Rule",
     "StaticKeySource",
+    "TokenFileError",
     "TokenVerifier",
     "VerificationKey",
     "VerifierConfig",
     "WorkloadIdentity",
+    "read_token",
 ]
 
 __version__ = "0.1.0"

@@ -152,3 +152,11 @@ def test_no_op_without_prometheus_client() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_the_core_and_the_audit_log_do_not_import_prometheus_client() -> None:
+    script = ("import sys, k8s_jwt_auth, k8s_jwt_auth.audit, k8s_jwt_auth.verifier; "
+              "print('prometheus_client' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -254,7 +254,7 @@ class _RequestAuth:
     It is tied to the request object: requests made inside one outer `app.app_context()` share `g`.
     """
 
-    __slots__ = ("error", "gated", "request", "responding", "verified", "workload")
+    __slots__ = ("admitted_by", "error", "gated", "request", "responding", "verified", "workload")
 
     def __init__(self, request: object) -> None:
         self.request = request
@@ -263,6 +263,7 @@ class _RequestAuth:
         self.workload: WorkloadIdentity | None = None
         self.error: AuthError | None = None  # the refusal, once the request is refused
         self.responding = False  # set once the response is built (after_request hooks and later)
+        self.admitted_by: Policy | None = None  # the policy of the last gate passed (audited once per policy)
 
 
 def _record() -> _RequestAuth:
@@ -295,9 +296,9 @@ def _gate(state: K8sJWTAuthState, policy: Policy, optional: bool) -> WorkloadIde
         record.error = exc
         log_rejection(logger, exc, path=flask_request.path, token=token, method=flask_request.method)
         raise
-    if workload is not None:
+    if workload is not None and not (record.gated and record.admitted_by is policy):  # one record per policy
         log_admission(logger, workload, decision, path=flask_request.path, method=flask_request.method)
-    record.gated, record.workload = True, workload
+    record.gated, record.workload, record.admitted_by = True, workload, policy
     return workload
 
 

@@ -160,13 +160,12 @@ def test_fastapi_dependency_records_each_decision(issuer: FakeIssuer, caplog: py
 # -- Flask -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def flask_app(issuer: FakeIssuer, tmp_path: Path) -> Flask:
+def build_flask(issuer: FakeIssuer, tmp_path: Path, **settings: object) -> Flask:
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(issuer.jwks()))
     app = Flask(__name__)
     app.config.update(TESTING=True, K8S_JWT_AUTH_ISSUER=issuer.issuer, K8S_JWT_AUTH_AUDIENCES=["test"],
-                      K8S_JWT_AUTH_JWKS_FILE=str(jwks))
+                      K8S_JWT_AUTH_JWKS_FILE=str(jwks), **settings)
     K8sJWTAuth(app)
 
     @app.route("/charge", methods=["POST"])
@@ -175,6 +174,11 @@ def flask_app(issuer: FakeIssuer, tmp_path: Path) -> Flask:
         return {"user": current_workload.username}
 
     return app
+
+
+@pytest.fixture
+def flask_app(issuer: FakeIssuer, tmp_path: Path) -> Flask:
+    return build_flask(issuer, tmp_path)
 
 
 def test_flask_decisions(flask_app: Flask, issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
@@ -282,3 +286,43 @@ def test_audit_allowed_without_policy_has_no_rule(issuer: FakeIssuer, caplog: py
     workload = static_verifier(issuer).verify(token)
     audit_allowed(workload)
     assert audit_dicts(caplog) == [expected_allowed(workload, token, path=None, method=None)]
+
+
+# -- one record per gate, not per check ------------------------------------------------------------
+
+
+def test_flask_enforcing_mode_and_decorator_with_the_same_policy_record_once(
+        issuer: FakeIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+    flask_app = build_flask(issuer, tmp_path, K8S_JWT_AUTH_ENFORCE=True)
+    flask_app.add_url_rule("/any", "any", workload_required()(lambda: {}))
+    token = issuer.mint("payments", "worker")
+    client = flask_app.test_client()
+    assert client.get("/any", headers=bearer(token)).status_code == 200  # enforcing mode + same app policy
+    assert client.post("/charge", headers=bearer(token)).status_code == 200  # enforcing mode + the view's rules
+    decisions = [(d["path"], d["decision"], d["rule"]) for d in audit_dicts(caplog)]
+    assert decisions == [("/any", "allowed", None), ("/charge", "allowed", None), ("/charge", "allowed", "payments/*")]
+
+
+def test_fastapi_dependency_after_the_middleware_records_only_route_rules(
+        issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+    verifier = static_verifier(issuer)
+    app = FastAPI()
+    install(app, verifier)
+    app.add_middleware(K8sJWTAuthMiddleware, verifier=verifier)
+
+    @app.get("/whoami")
+    async def fastapi_whoami(workload: Workload) -> dict[str, Any]:
+        return {"user": workload.username}
+
+    @app.get("/payments", dependencies=[Depends(require_workload("payments/*"))])
+    async def payments() -> dict[str, Any]:
+        return {}
+
+    token = issuer.mint("payments", "worker")
+    with TestClient(app) as client:
+        assert client.get("/whoami", headers=bearer(token)).status_code == 200
+        assert client.get("/payments", headers=bearer(token)).status_code == 200
+    decisions = [(d["path"], d["rule"]) for d in audit_dicts(caplog)]
+    assert decisions == [("/whoami", None), ("/payments", None), ("/payments", "payments/*")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -34,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 import httpx
 
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
+from k8s_jwt_auth.audit import AUDIT_LOGGER
 from k8s_jwt_auth.testing import FakeIssuer
 
 from .starlette import K8sJWTAuthMiddleware
@@ -180,12 +182,31 @@ def run_demo(*, token_file: str | None = None, other_token_file: str | None = No
         return _run(TokenVerifier(config), fake_cluster_cases(issuer), out)
 
 
+@contextlib.contextmanager
+def captured_audit() -> Iterator[list[str]]:
+    """Collect the service's audit records (one line each) instead of letting them reach stderr."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    previous = AUDIT_LOGGER.propagate, AUDIT_LOGGER.level
+    AUDIT_LOGGER.addHandler(handler)
+    AUDIT_LOGGER.propagate = False
+    AUDIT_LOGGER.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        AUDIT_LOGGER.removeHandler(handler)
+        AUDIT_LOGGER.propagate, AUDIT_LOGGER.level = previous
+
+
 def _run(verifier: TokenVerifier, cases: list[Case], out: TextIO) -> int:
-    with serve(demo_app(verifier)) as base, httpx.Client(timeout=10.0) as client:
+    with captured_audit() as audit, serve(demo_app(verifier)) as base, httpx.Client(timeout=10.0) as client:
         out.write(f"protected service: {base}/whoami\n\n")
         health = client.get(f"{base}/healthz")
         rows = [(case, *call(client, base, case)) for case in cases]
     print_table(rows, out)
+    out.write("\naudit log of the service (k8s_jwt_auth.audit; tokens appear only as fingerprints):\n")
+    out.writelines(f"  {line}\n" for line in audit)
     failed = [case.name for case, *_, ok in rows if not ok] + ([] if health.status_code == 200 else ["/healthz"])
     out.write("\n" + (f"UNEXPECTED outcomes: {', '.join(failed)}\n" if failed else
                       f"all {len(rows)} calls had the expected outcome\n"))

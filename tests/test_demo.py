@@ -21,6 +21,9 @@ def test_demo_with_the_fake_issuer_has_every_expected_outcome(capsys: pytest.Cap
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert summary(out) == {"calls": 6, "unexpected": 0}
+    audit = out.split("audit log of the service")[1].splitlines()[1:7]
+    assert [line.split()[0] for line in audit] == ["allowed", "denied_policy"] + ["rejected_token"] * 4
+    assert all("(token " in line for line in audit) and "eyJ" not in out  # fingerprints, never tokens
     for line, reason in [("allowed workload", "payments/worker pod=worker-7d9f"), ("other namespace", "policy_denied"),
                          ("expired token", "expired"), ("tampered token", "bad_signature"),
                          ("no token", "missing_token")]:

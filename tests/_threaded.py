@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 
 import uvicorn
@@ -58,10 +58,8 @@ class _Echo(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """A server whose every `GET` answers `{"authorization": <the header or null>}`; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
+def serving(server: HTTPServer) -> Iterator[str]:
+    """Run a bound `http.server`-style server (werkzeug's included) in a thread; yield its base URL."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -70,3 +68,12 @@ def echo_server() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(STOP_TIMEOUT)
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """A server whose every `GET` answers `{"authorization": <the header or null>}`; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    with serving(server) as url:
+        yield url

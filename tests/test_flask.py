@@ -41,6 +41,7 @@ from k8s_jwt_auth.integrations.flask import (
 from k8s_jwt_auth.testing import FakeIssuer
 
 from ._asgi import MALFORMED_HEADERS, UnavailableKeys, bad_tokens, bearer, static_verifier
+from ._threaded import serving
 
 LOGGER = "k8s_jwt_auth.integrations.flask"
 
@@ -664,15 +665,8 @@ def test_workload_client_mints_for_the_apps_audience(build: Callable[..., Flask]
 @contextlib.contextmanager
 def serve(app: Flask) -> Iterator[str]:
     """Serve `app` with werkzeug's threaded server on a free port of 127.0.0.1; yield its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(make_server("127.0.0.1", 0, app, threaded=True)) as url:
+        yield url
 
 
 def test_concurrent_requests_on_a_real_threaded_server(issuer: FakeIssuer) -> None:

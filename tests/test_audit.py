@@ -132,10 +132,12 @@ def test_starlette_websocket_records_transport(issuer: FakeIssuer, caplog: pytes
 # -- FastAPI ---------------------------------------------------------------------------------------
 
 
-def test_fastapi_dependency_records_each_decision(issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
-    capture(caplog)
+def fastapi_app(verifier: TokenVerifier, *, middleware: bool = False) -> FastAPI:
+    """`/whoami` (any workload, through `Workload`) and `/payments` (route rule `payments/*`)."""
     app = FastAPI()
-    install(app, static_verifier(issuer))
+    install(app, verifier)
+    if middleware:
+        app.add_middleware(K8sJWTAuthMiddleware, verifier=verifier)
 
     @app.get("/whoami")
     async def fastapi_whoami(workload: Workload) -> dict[str, Any]:
@@ -144,6 +146,13 @@ def test_fastapi_dependency_records_each_decision(issuer: FakeIssuer, caplog: py
     @app.get("/payments", dependencies=[Depends(require_workload("payments/*"))])
     async def payments() -> dict[str, Any]:
         return {}
+
+    return app
+
+
+def test_fastapi_dependency_records_each_decision(issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
+    capture(caplog)
+    app = fastapi_app(static_verifier(issuer))
 
     good, other = issuer.mint("payments", "worker"), issuer.mint("frontend", "web")
     with TestClient(app) as client:
@@ -307,18 +316,7 @@ def test_flask_enforcing_mode_and_decorator_with_the_same_policy_record_once(
 def test_fastapi_dependency_after_the_middleware_records_only_route_rules(
         issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
     capture(caplog)
-    verifier = static_verifier(issuer)
-    app = FastAPI()
-    install(app, verifier)
-    app.add_middleware(K8sJWTAuthMiddleware, verifier=verifier)
-
-    @app.get("/whoami")
-    async def fastapi_whoami(workload: Workload) -> dict[str, Any]:
-        return {"user": workload.username}
-
-    @app.get("/payments", dependencies=[Depends(require_workload("payments/*"))])
-    async def payments() -> dict[str, Any]:
-        return {}
+    app = fastapi_app(static_verifier(issuer), middleware=True)
 
     token = issuer.mint("payments", "worker")
     with TestClient(app) as client:

@@ -28,6 +28,15 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `ALLOW_INSECURE_HTTP` | `allow_insecure_http` | bool |
 | `TOKEN_CACHE_SIZE` | `token_cache_size` | verified tokens kept (0: no cache) |
 | `TOKEN_CACHE_TTL` | `token_cache_ttl` | seconds a verified token is reused at most |
+| `CLUSTER` | `cluster` | a name for the cluster, recorded on identities |
+| `TOKENREVIEW` | `tokenreview` | bool: confirm every token with the API server's TokenReview |
+| `TOKENREVIEW_URL` | `tokenreview_url` | the API server URL (default `https://kubernetes.default.svc`) |
+| `TOKENREVIEW_CACHE_TTL` | `tokenreview_cache_ttl` | seconds a TokenReview answer is reused at most |
+| `TOKENREVIEW_FALLBACK` | `tokenreview_fallback` | bool: API server unreachable → local verification only |
+| `REDIS_URL` | `redis_url` | `redis://`, `rediss://` or `unix://` URL of a shared cache |
+| `CACHE_SECRET` | `cache_secret` | secret (>= 32 characters) that authenticates shared-cache entries |
+| `REDIS_PREFIX` | `redis_prefix` | key prefix in Redis (default `k8s-jwt-auth:`) |
+| `REDIS_TIMEOUT` | `redis_timeout` | seconds a Redis call may take before it is skipped |
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ ENV_PREFIX = "K8S_JWT_AUTH_"
 SUPPORTED_ALGORITHMS = frozenset({"RS256", "ES256", "ES384", "ES512"})
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "ES384", "ES512")
 LEGACY_ISSUER = "kubernetes/serviceaccount"
+DEFAULT_API_SERVER = "https://kubernetes.default.svc"
+MIN_CACHE_SECRET = 32
 
 _T = TypeVar("_T")
 
@@ -100,6 +111,15 @@ class VerifierConfig:
     max_response_size: int = 1024 * 1024
     token_cache_size: int = 10_000
     token_cache_ttl: float = 300.0
+    cluster: str | None = None
+    tokenreview: bool = False
+    tokenreview_url: str = DEFAULT_API_SERVER
+    tokenreview_cache_ttl: float = 5.0
+    tokenreview_fallback: bool = False
+    redis_url: str | None = field(default=None, repr=False)
+    cache_secret: str | None = field(default=None, repr=False)
+    redis_prefix: str = "k8s-jwt-auth:"
+    redis_timeout: float = 0.1
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -109,6 +129,8 @@ class VerifierConfig:
         self._check_algorithms()
         self._check_trust_domain()
         self._check_numbers()
+        self._check_tokenreview()
+        self._check_redis()
         from .policy import Policy  # policy imports nothing from here; local import avoids a cycle
 
         try:
@@ -127,7 +149,7 @@ class VerifierConfig:
         self._set("algorithms", tuple(a.upper() for a in _str_tuple(self.algorithms, "algorithms")))
         pems = (self.public_keys,) if isinstance(self.public_keys, str) else self.public_keys
         self._set("public_keys", _str_tuple(pems, "public_keys"))
-        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl"):
+        for name in _SECONDS:
             self._set(name, _number(getattr(self, name), name))
         if self.max_token_age is not None:
             self._set("max_token_age", _number(self.max_token_age, "max_token_age"))
@@ -169,18 +191,37 @@ class VerifierConfig:
                                      f"not allowed: {bad} (symmetric and 'none' algorithms are never accepted)")
 
     def _check_numbers(self) -> None:
-        for name in ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "max_token_age", "token_cache_ttl"):
+        for name in (*_SECONDS, "max_token_age"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise _invalid(name, f"{name} must be >= 0 seconds, not {value}")
-        if self.timeout == 0:
-            raise _invalid("timeout", "timeout must be > 0 seconds: fetches without a timeout can hang")
+        for name in ("timeout", "redis_timeout"):
+            if getattr(self, name) == 0:
+                raise _invalid(name, f"{name} must be > 0 seconds: calls without a timeout can hang")
         if not isinstance(self.max_token_size, int) or self.max_token_size < 256:
             raise _invalid("max_token_size", "max_token_size must be an integer >= 256 bytes")
         if isinstance(self.token_cache_size, bool) or not isinstance(self.token_cache_size, int) \
                 or self.token_cache_size < 0:
             raise _invalid("token_cache_size",
                            "token_cache_size must be an integer >= 0 (0 turns the verified-token cache off)")
+
+    def _check_tokenreview(self) -> None:
+        if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster.strip()):
+            raise _invalid("cluster", "cluster must be a non-empty name such as prod-eu-1")
+        if self.tokenreview:
+            self._check_url(self.tokenreview_url, "tokenreview_url")
+
+    def _check_redis(self) -> None:
+        if self.redis_url is None:
+            return
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise _invalid("redis_url", "redis_url must be a redis://, rediss:// or unix:// URL")
+        if not self.cache_secret or len(self.cache_secret) < MIN_CACHE_SECRET:
+            raise _invalid("cache_secret", f"a shared cache needs cache_secret, at least {MIN_CACHE_SECRET} random "
+                           "characters shared by every replica (e.g. `openssl rand -hex 32`): entries are "
+                           "authenticated with it so that write access to Redis cannot mint identities")
+        if not isinstance(self.redis_prefix, str) or not self.redis_prefix:
+            raise _invalid("redis_prefix", "redis_prefix must be a non-empty string such as k8s-jwt-auth:")
 
     def _check_url(self, url: str, name: str) -> None:
         parts = urlsplit(url)
@@ -365,6 +406,9 @@ def _float_or_none(value: object) -> float | None:
     return None if value in (None, "") else _number(value, "MAX_TOKEN_AGE")
 
 
+_SECONDS = ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl",
+            "tokenreview_cache_ttl", "redis_timeout")
+
 _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISSUER": ("issuer", _identity),
     "AUDIENCES": ("audiences", _identity),
@@ -389,6 +433,15 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ALLOW_INSECURE_HTTP": ("allow_insecure_http", _bool),
     "TOKEN_CACHE_SIZE": ("token_cache_size", _int),
     "TOKEN_CACHE_TTL": ("token_cache_ttl", _identity),
+    "CLUSTER": ("cluster", _opt_str),
+    "TOKENREVIEW": ("tokenreview", _bool),
+    "TOKENREVIEW_URL": ("tokenreview_url", _identity),
+    "TOKENREVIEW_CACHE_TTL": ("tokenreview_cache_ttl", _identity),
+    "TOKENREVIEW_FALLBACK": ("tokenreview_fallback", _bool),
+    "REDIS_URL": ("redis_url", _opt_str),
+    "CACHE_SECRET": ("cache_secret", _opt_str),
+    "REDIS_PREFIX": ("redis_prefix", _identity),
+    "REDIS_TIMEOUT": ("redis_timeout", _identity),
 }
 assert {n for n, _ in _SUFFIXES.values()} <= {f.name for f in fields(VerifierConfig)}
 

@@ -5,6 +5,7 @@ AuthError                      base class; never raised itself
 ├── InvalidToken               401  the token is missing, malformed, forged, expired or not for us
 ├── PolicyDenied               403  the token is valid but the policy does not allow this workload
 ├── KeySetUnavailable          503  no usable verification keys (issuer down, bad JWKS); has retry_after
+│   └── TokenReviewUnavailable 503  TokenReview mode: the API server could not confirm the token
 └── ConfigurationError         raised at construction only; also a ValueError
 ```
 
@@ -33,6 +34,7 @@ __all__ = [
     "KeySetUnavailable",
     "PolicyDenied",
     "Reason",
+    "TokenReviewUnavailable",
 ]
 
 Reason = Literal[
@@ -59,6 +61,7 @@ Reason = Literal[
     "policy_denied",
     # KeySetUnavailable (503)
     "keys_unavailable",
+    "review_unavailable",
     # ConfigurationError
     "invalid_config",
 ]
@@ -129,6 +132,16 @@ class KeySetUnavailable(AuthError):
     def __init__(self, message: str, *, retry_after: int = 30, reason: Reason | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = max(1, int(retry_after))
+
+
+class TokenReviewUnavailable(KeySetUnavailable):
+    """The API server could not confirm the token with a TokenReview (HTTP 503, `review_unavailable`).
+
+    Raised only in TokenReview mode when the API server cannot be reached or answers with an error, and the
+    verifier is not configured to fall back to local verification (`tokenreview_fallback`).
+    """
+
+    default_reason = "review_unavailable"
 
 
 class ConfigurationError(AuthError, ValueError):

@@ -42,6 +42,11 @@ class WorkloadIdentity:
         stale: `True` when the token was used after `warn_after` (accepted, but the client should
             re-read its token file; kube-apiserver logs and counts these).
         trust_domain: the trust domain for `istio_principal()` / `spiffe_id()` (config `trust_domain`).
+        cluster: the name of the cluster the token came from (config `cluster`; set by a
+            `MultiClusterVerifier`), `None` when not named.
+        reviewed: `True` when the API server confirmed the token with a TokenReview just now (TokenReview
+            mode); `False` after local verification only.
+        groups: the user groups the TokenReview returned (empty without TokenReview).
         token_fingerprint: first 16 hex digits of the token's SHA-256, safe to log.
         claims: the raw, read-only payload.
     """
@@ -63,12 +68,17 @@ class WorkloadIdentity:
     warn_after: datetime | None = None
     stale: bool = False
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    cluster: str | None = None
+    reviewed: bool = field(default=False, compare=False, hash=False)
+    groups: tuple[str, ...] = field(default=(), compare=False, hash=False)
     token_fingerprint: str = field(default="", compare=False, hash=False)
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.audiences, tuple):
             object.__setattr__(self, "audiences", tuple(self.audiences))
+        if not isinstance(self.groups, tuple):
+            object.__setattr__(self, "groups", tuple(self.groups))
         if not isinstance(self.claims, MappingProxyType):
             object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
 
@@ -91,8 +101,11 @@ class WorkloadIdentity:
         return f"spiffe://{self.istio_principal(trust_domain)}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with the CLI's identity keys (times as RFC 3339 strings, `None` where absent)."""
-        return {
+        """A JSON-ready dict with the CLI's identity keys (times as RFC 3339 strings, `None` where absent).
+
+        `cluster` is added when the identity names its cluster.
+        """
+        data: dict[str, Any] = {
             "issuer": self.issuer,
             "subject": self.subject,
             "namespace": self.namespace,
@@ -107,6 +120,9 @@ class WorkloadIdentity:
             "expires_at": _iso(self.expires_at),
             "token_id": self.token_id,
         }
+        if self.cluster is not None:  # multi-cluster verifiers only: single-cluster output keeps its shape
+            data["cluster"] = self.cluster
+        return data
 
     def __str__(self) -> str:
         return self.username

@@ -41,6 +41,8 @@ class CacheInfo:
     misses: int
     maxsize: int
     currsize: int
+    shared_hits: int = 0
+    shared_misses: int = 0
 
 
 class TokenCache:

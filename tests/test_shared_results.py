@@ -1,0 +1,213 @@
+"""How the verifier uses a shared store for verified tokens (namespace "v").
+
+The store here is an in-memory `SharedStore`: these tests are about the verifier's side of the
+contract (what it reads, writes and trusts). The real store, Redis, is tested against a real
+redis-server in test_redis_*.py, including entries tampered with in Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
+from k8s_jwt_auth._shared import SharedStore
+from k8s_jwt_auth.testing import SigningKey
+
+from .conftest import NOW, TEST_ISSUER
+
+
+class MemoryStore:
+    """A `SharedStore` in a dict, with the clock of the test (authenticity is the real store's job)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.data: dict[tuple[str, bytes], tuple[bytes, float]] = {}
+        self.reads = self.writes = 0
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        self.reads += 1
+        value, until = self.data.get((namespace, key), (None, 0.0))
+        return value if self.clock() < until else None
+
+    async def aget(self, namespace: str, key: bytes) -> bytes | None:
+        return self.get(namespace, key)
+
+    def set(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
+        self.writes += 1
+        if ttl > 0:
+            self.data[(namespace, key)] = (value, self.clock() + ttl)
+
+    async def aset(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
+        self.set(namespace, key, value, ttl)
+
+    def try_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
+        return True
+
+    async def atry_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
+        return True
+
+    def unlock(self, namespace: str, key: bytes) -> None:
+        pass
+
+    async def aunlock(self, namespace: str, key: bytes) -> None:
+        pass
+
+
+class CountingKeys:
+    """A static key set whose keys count signature checks (to see which verifications skip them)."""
+
+    def __init__(self, key: SigningKey) -> None:
+        from k8s_jwt_auth import KeySet
+
+        self.keys = KeySet.from_jwks({"keys": [key.public_jwk()]})
+        self.checks = 0
+        self._counted = {k.kid: _Counted(k, self) for k in self.keys}
+
+    def get(self, kid: str | None, alg: str) -> Any:
+        key = self.keys.find(kid, alg)
+        if key is None:
+            raise InvalidToken("unknown", reason="unknown_key")
+        return self._counted[key.kid]
+
+    async def get_async(self, kid: str | None, alg: str) -> Any:
+        return self.get(kid, alg)
+
+
+class _Counted:
+    """A verification key that counts its signature checks."""
+
+    def __init__(self, key: Any, owner: CountingKeys) -> None:
+        self.key, self.owner, self.kid, self.algorithms = key, owner, key.kid, key.algorithms
+
+    def verify(self, alg: str, data: bytes, signature: bytes) -> bool:
+        self.owner.checks += 1
+        return bool(self.key.verify(alg, data, signature))
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [NOW]
+
+
+def replica(store: SharedStore, key: SigningKey, clock: list[float], **overrides: Any) -> tuple[TokenVerifier, Any]:
+    settings: dict[str, Any] = {"issuer": TEST_ISSUER, "audiences": "test", "jwks": {"keys": [key.public_jwk()]}}
+    settings.update(overrides)
+    keys = CountingKeys(key)
+    return TokenVerifier(VerifierConfig(**settings), keys=keys, shared=store, clock=lambda: clock[0]), keys
+
+
+def mint(key: SigningKey, lifetime: float = 3600, **claims: Any) -> str:
+    from k8s_jwt_auth.testing import build_claims, sign
+
+    payload = build_claims(issuer=TEST_ISSUER, namespace="shop", service_account="cart", audiences=("test",),
+                           lifetime=lifetime, now=NOW - 10, pod=None, node=None, warn_after=None,
+                           extra=claims or None, drop=())
+    return sign(key, payload)
+
+
+def test_a_token_verified_by_one_replica_skips_the_signature_check_on_another(rsa_key: SigningKey,
+                                                                             clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, first_keys = replica(store, rsa_key, clock)
+    second, second_keys = replica(store, rsa_key, clock)
+    token = mint(rsa_key)
+    a = first.verify(token)
+    b = second.verify(token)
+    assert a == b and b.namespace == "shop"
+    assert (first_keys.checks, second_keys.checks) == (1, 0)
+    assert (first.cache_info().shared_misses, second.cache_info().shared_hits) == (1, 1)  # type: ignore[union-attr]
+    # only the digest is a key; the token itself is nowhere in the store
+    assert all(token.encode() not in value and token.encode() not in key for (_, key), (value, _) in
+               store.data.items())
+
+
+@pytest.mark.anyio
+async def test_the_async_path_shares_the_same_way(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock)
+    second, second_keys = replica(store, rsa_key, clock)
+    token = mint(rsa_key)
+    await first.verify_async(token)
+    assert (await second.verify_async(token)).service_account == "cart"
+    assert second_keys.checks == 0
+
+
+def test_claims_are_checked_again_by_each_replica_with_its_own_settings(rsa_key: SigningKey,
+                                                                       clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock)
+    strict, _ = replica(store, rsa_key, clock, require_pod_binding=True)
+    token = mint(rsa_key)
+    first.verify(token)
+    with pytest.raises(InvalidToken) as info:
+        strict.verify(token)
+    assert info.value.reason == "not_pod_bound"
+
+
+def test_entries_never_outlive_the_token(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock, token_cache_ttl=10_000)
+    token = mint(rsa_key, lifetime=120)  # exp = NOW + 110
+    first.verify(token)
+    (value, until), = store.data.values()
+    assert until == pytest.approx(NOW + 110)
+    clock[0] = NOW + 111 + 60  # past exp + leeway: a replica refuses it whatever the store says
+    second, _ = replica(store, rsa_key, clock)
+    with pytest.raises(InvalidToken) as info:
+        second.verify(token)
+    assert info.value.reason == "expired"
+
+
+def test_entries_last_at_most_the_token_cache_ttl(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock, token_cache_ttl=30)
+    first.verify(mint(rsa_key))
+    (_, until), = store.data.values()
+    assert until == pytest.approx(NOW + 30)
+
+
+@pytest.mark.parametrize("entry", [
+    b"v1\nES256\n{kid}\n9999999999.0",   # another algorithm than the token's
+    b"v1\nRS256\nother-kid\n9999999999.0",  # another key than the token's
+    b"v1\nRS256\n{kid}\n1.0",             # expired by its own time
+    b"v1\nRS256\n{kid}\nsoon",            # unreadable time
+    b"v2\nRS256\n{kid}\n9999999999.0",    # an unknown format
+    b"",
+])
+def test_an_entry_that_does_not_fit_the_token_is_ignored(rsa_key: SigningKey, clock: list[float],
+                                                         entry: bytes) -> None:
+    store = MemoryStore(lambda: clock[0])
+    verifier, keys = replica(store, rsa_key, clock)
+    token = mint(rsa_key)
+    import hashlib
+
+    store.set("v", hashlib.sha256(token.encode()).digest(), entry.replace(b"{kid}", rsa_key.kid.encode()), 60)
+    verifier.verify(token)
+    assert keys.checks == 1  # verified in full
+    assert verifier.cache_info().shared_misses == 1  # type: ignore[union-attr]
+
+
+def test_a_forged_token_is_not_helped_by_an_entry_for_the_real_one(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock)
+    token = mint(rsa_key)
+    first.verify(token)
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-4]}AAAA"
+    second, _ = replica(store, rsa_key, clock)
+    with pytest.raises(InvalidToken) as info:
+        second.verify(forged)
+    assert info.value.reason == "bad_signature"
+
+
+def test_without_a_local_cache_the_shared_store_still_serves(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock, token_cache_size=0)
+    second, second_keys = replica(store, rsa_key, clock, token_cache_size=0)
+    token = mint(rsa_key)
+    first.verify(token)
+    second.verify(token)
+    assert second_keys.checks == 0 and store.reads == 2

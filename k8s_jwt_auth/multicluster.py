@@ -37,7 +37,7 @@ from .config import ENV_PREFIX, VerifierConfig, parse_list
 from .errors import ConfigurationError, InvalidToken
 from .identity import WorkloadIdentity
 from .policy import Decision, Policy
-from .verifier import Clock, TokenVerifier
+from .verifier import Clock, TokenVerifier, _digest
 
 __all__ = ["ClusterPolicy", "MultiClusterVerifier"]
 
@@ -122,6 +122,9 @@ class MultiClusterVerifier(TokenVerifier):
         self.shared, self.reviewer = None, None
         self.policy = ClusterPolicy({name: v.policy for name, v in built.items()})
         self._max_size = max(v.config.max_token_size for v in built.values())
+        # token digest -> its cluster's verifier, for tokens that verified: skips reading iss again
+        self._routes: dict[bytes, TokenVerifier] = {}
+        self._max_routes = max(1024, sum(v.config.token_cache_size for v in built.values()))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, clock: Clock | None = None,
@@ -155,7 +158,14 @@ class MultiClusterVerifier(TokenVerifier):
                 `TokenVerifier.verify` of that cluster.
             KeySetUnavailable: that cluster's keys (or TokenReview) are unavailable.
         """
-        return self.route(token).verify(token)
+        digest = _digest(token)
+        verifier = self._routes.get(digest) if digest is not None else None
+        if verifier is None:
+            verifier = self.route(token)
+            identity = verifier.verify(token)
+            self._remember(digest, verifier)
+            return identity
+        return verifier.verify(token)
 
     async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
         """Like `verify`, for event loops.
@@ -164,7 +174,14 @@ class MultiClusterVerifier(TokenVerifier):
             InvalidToken: `bad_issuer`, or as `TokenVerifier.verify_async` of the chosen cluster.
             KeySetUnavailable: that cluster's keys (or TokenReview) are unavailable.
         """
-        return await self.route(token).verify_async(token)
+        digest = _digest(token)
+        verifier = self._routes.get(digest) if digest is not None else None
+        if verifier is None:
+            verifier = self.route(token)
+            identity = await verifier.verify_async(token)
+            self._remember(digest, verifier)
+            return identity
+        return await verifier.verify_async(token)
 
     def route(self, token: str | bytes) -> TokenVerifier:
         """The verifier of the cluster the token's (unverified) `iss` names; verifies nothing.
@@ -185,6 +202,14 @@ class MultiClusterVerifier(TokenVerifier):
             raise InvalidToken(f"no trusted cluster has the issuer {shown!r}", reason="bad_issuer", claim="iss")
         return verifier
 
+    def _remember(self, digest: bytes | None, verifier: TokenVerifier) -> None:
+        """Route this token straight to its verifier next time (only tokens that verified; bounded)."""
+        if digest is None:
+            return
+        if len(self._routes) >= self._max_routes:
+            self._routes.clear()  # rare and harmless: the next calls route by iss again
+        self._routes[digest] = verifier
+
     def cache_info(self) -> CacheInfo | None:
         """The verified-token cache counters summed over the clusters (`None` if no cluster caches)."""
         infos = [i for i in (v.cache_info() for v in self) if i is not None]
@@ -194,6 +219,7 @@ class MultiClusterVerifier(TokenVerifier):
 
     def clear_cache(self) -> None:
         """Forget every verified token of every cluster."""
+        self._routes.clear()
         for verifier in self:
             verifier.clear_cache()
 

@@ -256,3 +256,24 @@ def test_starlette_middleware_applies_the_cluster_policy(verifier: MultiClusterV
         assert denied.status_code == 403 and denied.json()["reason"] == "policy_denied"
         unknown = client.get("/whoami", headers=bearer(token(us_key, "https://other.test")))
         assert unknown.status_code == 401 and unknown.json()["reason"] == "bad_issuer"
+
+
+def test_flask_extension_applies_the_cluster_policy(verifier: MultiClusterVerifier, eu_key: SigningKey,
+                                                    us_key: SigningKey) -> None:
+    from flask import Flask, jsonify
+
+    from k8s_jwt_auth.integrations.flask import K8sJWTAuth, current_workload, workload_required
+
+    app = Flask(__name__)
+    K8sJWTAuth(app, verifier=verifier)
+
+    @app.get("/whoami")
+    @workload_required()
+    def whoami() -> Any:
+        return jsonify(current_workload.to_dict())
+
+    client = app.test_client()
+    ok = client.get("/whoami", headers=bearer(token(us_key, US)))
+    assert ok.status_code == 200 and ok.json["cluster"] == "prod-us"  # type: ignore[index]
+    denied = client.get("/whoami", headers=bearer(token(us_key, US, sa="cart")))
+    assert denied.status_code == 403 and denied.json["reason"] == "policy_denied"  # type: ignore[index]

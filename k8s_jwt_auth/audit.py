@@ -78,6 +78,8 @@ class AuditRecord:
         reason: `ok` when allowed, else the error's reason code (`expired`, `policy_denied`...).
         status: the HTTP status the request was refused with (`None` when it went on).
         issuer, namespace, service_account, pod, jti: from the verified token.
+        cluster: the identity's cluster name (multi-cluster verifiers, or the `CLUSTER` setting).
+        reviewed: whether the API server confirmed the token (TokenReview mode); `None` before verification.
         stale: the verified token is past its `kubernetes.io.warnafter` (an old client not re-reading its
             projected token file); `None` before verification.
         token_fingerprint: the first 16 hex digits of the token's SHA-256 (`None` without a token).
@@ -94,6 +96,8 @@ class AuditRecord:
     service_account: str | None = None
     pod: str | None = None
     jti: str | None = None
+    cluster: str | None = None
+    reviewed: bool | None = None
     stale: bool | None = None
     token_fingerprint: str | None = None
     rule: str | None = None
@@ -174,7 +178,7 @@ def _refusal(exc: AuthError) -> AuditDecision:
 def _identity_fields(workload: WorkloadIdentity) -> dict[str, Any]:
     return {"issuer": workload.issuer, "namespace": workload.namespace,
             "service_account": workload.service_account, "pod": workload.pod_name, "jti": workload.token_id,
-            "stale": workload.stale, "token_fingerprint": workload.token_fingerprint or None}
+            "cluster": workload.cluster, "reviewed": workload.reviewed, "stale": workload.stale, "token_fingerprint": workload.token_fingerprint or None}
 
 
 class JsonFormatter(logging.Formatter):

@@ -39,6 +39,7 @@ def expected_allowed(workload: WorkloadIdentity, token: str, *, path: str | None
     return {"decision": decision, "reason": "ok" if decision == "allowed" else "policy_denied", "status": None,
             "issuer": workload.issuer, "namespace": workload.namespace,
             "service_account": workload.service_account, "pod": workload.pod_name, "jti": workload.token_id,
+            "cluster": workload.cluster, "reviewed": workload.reviewed,
             "stale": workload.stale, "token_fingerprint": fingerprint(token), "rule": rule, "path": path,
             "method": method, "transport": transport}
 
@@ -47,11 +48,11 @@ def expected_refused(decision: str, reason: str, status: int, token: str | None,
                      method: str | None = "GET", workload: WorkloadIdentity | None = None, rule: str | None = None,
                      transport: str = "http") -> dict[str, Any]:
     identity: dict[str, Any] = {"issuer": None, "namespace": None, "service_account": None, "pod": None, "jti": None,
-                                "stale": None}
+                                "cluster": None, "reviewed": None, "stale": None}
     if workload is not None:
         identity = {"issuer": workload.issuer, "namespace": workload.namespace,
                     "service_account": workload.service_account, "pod": workload.pod_name, "jti": workload.token_id,
-                    "stale": workload.stale}
+                    "cluster": workload.cluster, "reviewed": workload.reviewed, "stale": workload.stale}
     return {"decision": decision, "reason": reason, "status": status, **identity,
             "token_fingerprint": fingerprint(token) if token else None, "rule": rule, "path": path,
             "method": method, "transport": transport}

@@ -19,6 +19,8 @@ Cache rules (defaults from `VerifierConfig`):
 * a `kid` not in the set triggers a refetch at most once per `cooldown` (30 s), counted from the last
   such refetch; the lookup is retried once, then `InvalidToken("unknown_key")`. Unknown kids are
   remembered until that cooldown ends.
+* with a `SharedStore` (`shared=`, e.g. Redis), fetched documents are shared: N processes make one fetch
+  per refresh (`SharedJwksFetcher`); a shared document is used for what is left of its max age.
 * a failed fetch never drops good keys: they are served for `max_stale` (3600 s) past their `max_age`,
   with a warning on the `k8s_jwt_auth.keys` logger. Failed fetches are retried after 1, 2, 4 ... s, at
   most `max(cooldown, 1 s)` apart. Without usable keys callers get `KeySetUnavailable` (503).
@@ -50,6 +52,7 @@ from .keys import KeySet, VerificationKey
 
 if TYPE_CHECKING:
     from ._observer import Observer
+    from ._shared import SharedStore
     from .config import VerifierConfig
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "JwksFetcher",
     "KeySourceStatus",
     "RemoteKeySource",
+    "SharedJwksFetcher",
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.keys")
@@ -71,6 +75,8 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 MIN_MAX_AGE = 60.0  # a Cache-Control max-age below this (or no-cache) is raised to it
 REFRESH_AHEAD = 0.8  # refresh in the background once keys are this far into their max age
 MAX_UNKNOWN_KIDS = 1024  # bound of the negative cache
+SHARED_POLL_FIRST = 0.02  # seconds between reads of a shared key set another process is fetching (doubling)
+SHARED_POLL_MAX = 0.2
 
 FetchErrorKind = Literal[
     "token_file", "insecure_url", "tls", "connect", "timeout", "protocol", "redirect", "unauthorized",
@@ -111,6 +117,8 @@ class FetchResult:
     discovered: bool  # whether jwks_uri came from the discovery document
     keys: KeySet
     max_age: float | None  # the JWKS response's Cache-Control max-age (0 for no-cache/no-store)
+    document: bytes | None = None  # the JWKS response body, as served
+    age: float = 0.0  # seconds the document had already been cached (in a shared store) when handed out
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +232,8 @@ class JwksFetcher:
             jwks_uri = self._read_discovery(discovery)
         response = yield _Request(jwks_uri, ACCEPT_JWKS, auth)
         keys = _read_jwks(response)
-        return FetchResult(self.issuer, jwks_uri, self.jwks_uri is None, keys, _cache_max_age(response.headers))
+        return FetchResult(self.issuer, jwks_uri, self.jwks_uri is None, keys, _cache_max_age(response.headers),
+                           document=response.body)
 
     def _auth_headers(self) -> tuple[tuple[str, str], ...]:
         if self.token_file is None:
@@ -424,6 +433,219 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+# -- sharing fetched documents across processes ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One I/O step of the shared fetch flow, run by the sync or the async driver."""
+
+    kind: Literal["get", "lock", "unlock", "set", "sleep", "fetch"]
+    value: bytes = b""
+    seconds: float = 0.0
+
+
+class SharedJwksFetcher:
+    """A `JwksFetcher` whose documents are shared through a `SharedStore`: one issuer fetch per fleet refresh.
+
+    Same interface as `JwksFetcher` (`fetch()`, `fetch_async()`, `max_duration`). A fetch:
+
+    1. reads the shared entry (namespace `"jwks"`, key = issuer + configured `jwks_uri`): the JWKS document,
+       where it came from, when it was fetched (Unix time) and its max age. If it is newer than every
+       document this fetcher handed out before, it is used: no request to the issuer. (So a refetch for an
+       unknown `kid` after a rotation still reaches the issuer unless another process already got the new set.)
+    2. otherwise takes the lease on that key; the holder fetches from the issuer, stores the document for its
+       max age, and gives the lease back;
+    3. a process that does not get the lease polls the entry (up to the fetch `timeout`, retrying the lease
+       in case the holder failed) and fetches by itself if no newer document appears.
+
+    When the store is unreachable (`available` is false, for stores that say so) it fetches at once. Entries
+    are authenticated by the store; anyone who can write them (who has the cache secret) chooses the keys.
+
+    Args:
+        fetcher: does the actual fetches.
+        shared: the store (e.g. `k8s_jwt_auth.redis_cache.RedisCache`).
+        max_age: the max age a fetched document is used for, given its `Cache-Control` max-age
+            (`RemoteKeySource` passes its clamping rule); shared entries live that long.
+        clock: Unix seconds (the entries' `fetched_at`, compared across processes).
+    """
+
+    namespace = "jwks"
+
+    def __init__(self, fetcher: JwksFetcher, shared: SharedStore, *, max_age: Callable[[float | None], float],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.fetcher, self.shared = fetcher, shared
+        self.issuer, self.jwks_uri, self.timeout = fetcher.issuer, fetcher.jwks_uri, fetcher.timeout
+        self.max_duration = fetcher.max_duration + fetcher.timeout + 1.0  # + polling for another's fetch
+        self.key = f"{fetcher.issuer}\n{fetcher.jwks_uri or ''}".encode()
+        self._max_age, self._clock = max_age, clock
+        self._lock = threading.Lock()
+        self._seen = -math.inf  # fetched_at of the newest document handed out
+
+    def __repr__(self) -> str:
+        return f"SharedJwksFetcher({self.fetcher!r}, {self.shared!r})"
+
+    def fetch(self) -> FetchResult:
+        """Like `JwksFetcher.fetch`, through the shared store (blocks; never call it on an event loop).
+
+        Raises:
+            FetchError: when this process fetched and the fetch failed.
+        """
+        flow = self._flow()
+        op = next(flow)
+        while True:
+            try:
+                op = flow.send(self._step(op))
+            except StopIteration as done:
+                return _outcome(done.value)
+
+    async def fetch_async(self) -> FetchResult:
+        """Like `fetch`, without blocking the event loop.
+
+        Raises:
+            FetchError: when this process fetched and the fetch failed.
+        """
+        flow = self._flow()
+        op = next(flow)
+        while True:
+            try:
+                op = flow.send(await self._step_async(op))
+            except StopIteration as done:
+                return _outcome(done.value)
+
+    # -- the flow, written once ------------------------------------------------------------------
+
+    def _flow(self) -> Generator[_Op, object, FetchResult | FetchError]:
+        deadline, delay = time.monotonic() + self.timeout, SHARED_POLL_FIRST
+        while True:
+            found = self._newer((yield _Op("get")))
+            if found is not None:
+                return found
+            if (yield _Op("lock", seconds=self.fetcher.max_duration + 1.0)):
+                found = self._newer((yield _Op("get")))  # stored between our read and our lease?
+                outcome = found if found is not None else (yield from self._fetch_and_publish())
+                yield _Op("unlock")
+                return outcome
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not getattr(self.shared, "available", True):
+                return (yield from self._fetch_and_publish())
+            yield _Op("sleep", seconds=min(delay, remaining))
+            delay = min(2 * delay, SHARED_POLL_MAX)
+
+    def _fetch_and_publish(self) -> Generator[_Op, object, FetchResult | FetchError]:
+        outcome = yield _Op("fetch")
+        if isinstance(outcome, FetchResult) and outcome.document is not None:
+            fetched_at, max_age = self._clock(), self._max_age(outcome.max_age)
+            with self._lock:
+                self._seen = max(self._seen, fetched_at)
+            header = {"fetched_at": fetched_at, "max_age": max_age, "jwks_uri": outcome.jwks_uri,
+                      "discovered": outcome.discovered}
+            entry = json.dumps(header, separators=(",", ":")).encode() + b"\n" + outcome.document
+            yield _Op("set", entry, max_age)
+        assert isinstance(outcome, (FetchResult, FetchError))  # noqa: S101 - what the drivers answer
+        return outcome
+
+    def _newer(self, entry: object) -> FetchResult | None:
+        """The shared document, if there is one and it is newer than any handed out before."""
+        parsed = _shared_entry(entry)
+        if parsed is None:
+            return None
+        fetched_at, max_age, jwks_uri, discovered, document = parsed
+        with self._lock:
+            if fetched_at <= self._seen:
+                return None
+        try:
+            keys = KeySet.from_jwks(document)
+        except ValueError:
+            return None
+        if not len(keys):
+            return None
+        with self._lock:
+            self._seen = max(self._seen, fetched_at)
+        age = min(max(self._clock() - fetched_at, 0.0), max_age)
+        logger.debug("using the key set of %s another process fetched %.0f s ago", self.issuer, age)
+        return FetchResult(self.issuer, jwks_uri, discovered, keys, max_age, document=document, age=age)
+
+    # -- the drivers -----------------------------------------------------------------------------
+
+    def _step(self, op: _Op) -> object:
+        shared, namespace, key = self.shared, self.namespace, self.key
+        if op.kind == "get":
+            return shared.get(namespace, key)
+        if op.kind == "lock":
+            return shared.try_lock(namespace, key, op.seconds)
+        if op.kind == "unlock":
+            shared.unlock(namespace, key)
+            return None
+        if op.kind == "set":
+            shared.set(namespace, key, op.value, op.seconds)
+            return None
+        if op.kind == "sleep":
+            time.sleep(op.seconds)
+            return None
+        try:
+            return self.fetcher.fetch()
+        except FetchError as exc:
+            return exc
+
+    async def _step_async(self, op: _Op) -> object:
+        shared, namespace, key = self.shared, self.namespace, self.key
+        if op.kind == "get":
+            return await shared.aget(namespace, key)
+        if op.kind == "lock":
+            return await shared.atry_lock(namespace, key, op.seconds)
+        if op.kind == "unlock":
+            await shared.aunlock(namespace, key)
+            return None
+        if op.kind == "set":
+            await shared.aset(namespace, key, op.value, op.seconds)
+            return None
+        if op.kind == "sleep":
+            await asyncio.sleep(op.seconds)
+            return None
+        try:
+            return await _fetch_within(self.fetcher)
+        except FetchError as exc:
+            return exc
+
+
+def _shared_entry(entry: object) -> tuple[float, float, str, bool, bytes] | None:
+    """(fetched_at, max_age, jwks_uri, discovered, document) of a shared entry, or `None` if unusable."""
+    if not isinstance(entry, bytes) or b"\n" not in entry:
+        return None
+    head, document = entry.split(b"\n", 1)
+    try:
+        header = json.loads(head)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    fetched_at, max_age = header.get("fetched_at"), header.get("max_age")
+    jwks_uri, discovered = header.get("jwks_uri"), header.get("discovered")
+    if not (isinstance(fetched_at, (int, float)) and isinstance(max_age, (int, float)) and max_age > 0
+            and isinstance(jwks_uri, str) and isinstance(discovered, bool)):
+        return None
+    return float(fetched_at), float(max_age), jwks_uri, discovered, document
+
+
+def _outcome(outcome: FetchResult | FetchError) -> FetchResult:
+    if isinstance(outcome, FetchError):
+        raise outcome
+    return outcome
+
+
+async def _fetch_within(fetcher: JwksFetcher) -> FetchResult:
+    """`fetcher.fetch_async()`, cut off after its `max_duration`.
+
+    Raises:
+        FetchError: `timeout` when it takes longer, or what the fetch raised.
+    """
+    try:
+        return await asyncio.wait_for(fetcher.fetch_async(), fetcher.max_duration)
+    except asyncio.TimeoutError:
+        raise FetchError("timeout", f"fetching the keys took more than {fetcher.max_duration:g} s") from None
+
+
 # -- caching ----------------------------------------------------------------------------------------
 
 
@@ -495,6 +717,8 @@ class RemoteKeySource:
         clock: monotonic seconds (`time.monotonic`); inject a fake one in tests.
         observer: told the outcome of every fetch (`on_fetch`); a `TokenVerifier` given an observer sets it
             when it is `None`.
+        shared: a store shared by processes and pods (e.g. `k8s_jwt_auth.redis_cache.RedisCache`): fetched
+            key sets are shared through it, so a fleet fetches once per refresh (see `SharedJwksFetcher`).
 
     Raises:
         ConfigurationError: for non-https URLs, a bad timeout or an unreadable CA file.
@@ -516,14 +740,18 @@ class RemoteKeySource:
         max_response_size: int = 1024 * 1024,
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self.observer = observer
         self.fetcher = JwksFetcher(issuer, jwks_uri=jwks_uri, ca_file=ca_file, ssl_context=ssl_context,
                                    token_file=token_file, timeout=timeout, allow_insecure_http=allow_insecure_http,
                                    max_response_size=max_response_size)
         self._cache_max_age, self._cooldown, self._max_stale = cache_max_age, cooldown, max_stale
+        self.shared = shared
+        self._via: JwksFetcher | SharedJwksFetcher = self.fetcher if shared is None else SharedJwksFetcher(
+            self.fetcher, shared, max_age=self._effective_max_age)
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self._wait_limit = self.fetcher.max_duration + 1.0
+        self._wait_limit = self._via.max_duration + 1.0
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
         self._jwks_uri: str | None = None
@@ -538,9 +766,9 @@ class RemoteKeySource:
     @classmethod
     def from_config(
         cls, config: VerifierConfig, *, clock: Callable[[], float] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, shared: SharedStore | None = None,
     ) -> RemoteKeySource:
-        """The remote source a `VerifierConfig` describes.
+        """The remote source a `VerifierConfig` describes (`shared`: see the class).
 
         Raises:
             ConfigurationError: when the CA file cannot be loaded.
@@ -549,7 +777,7 @@ class RemoteKeySource:
                    token_file=config.token_file, timeout=config.timeout, cache_max_age=config.cache_max_age,
                    cooldown=config.cooldown, max_stale=config.max_stale,
                    allow_insecure_http=config.allow_insecure_http, max_response_size=config.max_response_size,
-                   clock=clock)
+                   clock=clock, shared=shared)
 
     def __repr__(self) -> str:
         return f"RemoteKeySource(issuer={self.fetcher.issuer!r}, jwks_uri={self.fetcher.jwks_uri!r})"
@@ -729,7 +957,7 @@ class RemoteKeySource:
 
     def _run(self, seq: int, future: Future[None] | None) -> FetchError | None:
         try:
-            self._succeeded(seq, self.fetcher.fetch())
+            self._succeeded(seq, self._via.fetch())
         except FetchError as exc:
             return self._failed(seq, exc)
         finally:
@@ -746,10 +974,12 @@ class RemoteKeySource:
         return None
 
     async def _fetch_async(self) -> FetchResult:
+        if isinstance(self._via, JwksFetcher):
+            return await _fetch_within(self._via)
         try:
-            return await asyncio.wait_for(self.fetcher.fetch_async(), self.fetcher.max_duration)
+            return await asyncio.wait_for(self._via.fetch_async(), self._via.max_duration)
         except asyncio.TimeoutError:
-            raise FetchError("timeout", f"fetching the keys took more than {self.fetcher.max_duration:g} s") from None
+            raise FetchError("timeout", f"fetching the keys took more than {self._via.max_duration:g} s") from None
 
     def _settle(self, future: Future[None] | None) -> None:
         with self._lock:
@@ -761,13 +991,14 @@ class RemoteKeySource:
     def _succeeded(self, seq: int, result: FetchResult) -> None:
         if self.observer is not None:
             self.observer.on_fetch("success")
-        now, max_age = self._clock(), self._effective_max_age(result.max_age)
+        max_age = self._effective_max_age(result.max_age)
+        fetched_at = self._clock() - min(max(result.age, 0.0), max_age)  # a shared document may be older
         with self._lock:
             if seq < self._applied:  # a newer fetch already answered: never go back to older keys
                 return
             self._keys, self._jwks_uri, self._applied = result.keys, result.jwks_uri, seq
-            self._fetched_at, self._max_age = now, max_age
-            self._expires, self._refresh_at = now + max_age, now + REFRESH_AHEAD * max_age
+            self._fetched_at, self._max_age = fetched_at, max_age
+            self._expires, self._refresh_at = fetched_at + max_age, fetched_at + REFRESH_AHEAD * max_age
             self._failures, self._retry_at, self._last_error = 0, -math.inf, None
         logger.debug("fetched %d keys from %s (kids %s, max age %g s)", len(result.keys), result.jwks_uri,
                      ", ".join(str(k) for k in result.keys.kids), max_age)

@@ -307,9 +307,7 @@ def key_source_from_config(config: VerifierConfig, *, shared: SharedStore | None
         raise ConfigurationError(f"cannot load the configured keys: {exc}") from exc
     from ._remote import RemoteKeySource
 
-    if shared is None:
-        return RemoteKeySource.from_config(config)
-    return RemoteKeySource.from_config(config, shared=shared)  # type: ignore[call-arg]  # TODO(redis): param
+    return RemoteKeySource.from_config(config, shared=shared)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,343 @@
+"""Replicas sharing one real redis-server: one JWKS fetch per refresh, verified tokens shared, Redis failures.
+
+The issuer is the session's `FakeIssuer` (fetch counts come from the server); each "replica" is its own
+`RemoteKeySource`/`TokenVerifier` with its own `RedisCache`, in threads, tasks or spawned processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from k8s_jwt_auth import TokenVerifier, VerifierConfig
+from k8s_jwt_auth._remote import FetchResult, RemoteKeySource, SharedJwksFetcher
+from k8s_jwt_auth.keys import key_source_from_config
+from k8s_jwt_auth.redis_cache import RedisCache
+from k8s_jwt_auth.testing import FakeIssuer
+
+from ._redis import RedisServer, redis_server, redis_session
+
+__all__ = ["redis_server", "redis_session"]  # fixtures
+
+SECRET = "0123456789abcdef" * 4
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def caches(redis_server: RedisServer) -> Iterator[Callable[..., RedisCache]]:
+    made: list[RedisCache] = []
+
+    def factory(**overrides: Any) -> RedisCache:
+        made.append(RedisCache(redis_server.url, secret=SECRET, **overrides))
+        return made[-1]
+
+    yield factory
+    for cache in made:
+        cache.close()
+
+
+@pytest.fixture
+def sources(issuer: FakeIssuer, caches: Callable[..., RedisCache]) -> Iterator[Callable[..., RemoteKeySource]]:
+    """Remote key sources for the fake issuer, each with its own RedisCache (as separate pods would have)."""
+    made: list[RemoteKeySource] = []
+
+    def factory(clock: Callable[[], float] | None = None, **cache_settings: Any) -> RemoteKeySource:
+        config = VerifierConfig(issuer=issuer.issuer, audiences=["test"])
+        made.append(RemoteKeySource.from_config(config, clock=clock, shared=caches(**cache_settings)))
+        return made[-1]
+
+    yield factory
+    issuer.fail(None)
+    for source in made:
+        wait_until(lambda s=source: not s.status().reloading)
+
+
+def in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait(10)
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+# -- one JWKS fetch per refresh ------------------------------------------------------------------
+
+
+def test_a_cold_start_of_many_replicas_fetches_once(issuer: FakeIssuer,
+                                                    sources: Callable[..., RemoteKeySource]) -> None:
+    replicas = [sources() for _ in range(8)]
+    keys = in_threads(8, lambda i: replicas[i].get(issuer.key.kid, "RS256"))
+    assert all(k is not None and k.kid == issuer.key.kid for k in keys)
+    assert (issuer.discovery_fetches, issuer.jwks_fetches) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_a_cold_start_of_many_replicas_fetches_once_async(issuer: FakeIssuer,
+                                                                sources: Callable[..., RemoteKeySource]) -> None:
+    replicas = [sources() for _ in range(6)]
+    found: list[Any] = []
+
+    async def get(source: RemoteKeySource) -> None:
+        found.append(await source.get_async(issuer.key.kid, "RS256"))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            for source in replicas:
+                tasks.start_soon(get, source)
+    assert len(found) == 6 and issuer.jwks_fetches == 1
+    for source in replicas:
+        assert source.shared is not None
+        await source.shared.aclose()  # type: ignore[attr-defined]
+
+
+def _replica_process(issuer: str, redis_url: str, kid: str) -> str | None:
+    """A spawned process: a fresh RemoteKeySource + RedisCache asking for one key."""
+    source = RemoteKeySource.from_config(VerifierConfig(issuer=issuer, audiences=["test"]),
+                                         shared=RedisCache(redis_url, secret=SECRET))
+    return source.get(kid, "RS256").kid
+
+
+def test_separate_processes_fetch_once(issuer: FakeIssuer, redis_server: RedisServer) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        pending = pool.starmap_async(_replica_process, [(issuer.issuer, redis_server.url, issuer.key.kid)] * 3)
+        assert pending.get(timeout=45) == [issuer.key.kid] * 3
+    assert issuer.jwks_fetches == 1
+
+
+def test_a_refresh_after_max_age_fetches_once(issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
+    clock = FakeClock()
+    replicas = [sources(clock) for _ in range(4)]
+    for source in replicas:
+        source.get(issuer.key.kid, "RS256")
+    assert issuer.jwks_fetches == 1
+    clock.now += 601  # past cache_max_age (600 s): every replica must refetch before answering
+    in_threads(4, lambda i: replicas[i].get(issuer.key.kid, "RS256"))
+    assert issuer.jwks_fetches == 2
+    assert all(s.status().fresh for s in replicas)
+
+
+def test_an_unknown_kid_after_a_rotation_still_reaches_the_issuer(issuer: FakeIssuer,
+                                                                  sources: Callable[..., RemoteKeySource]) -> None:
+    first, second = sources(), sources()
+    first.get(issuer.key.kid, "RS256")
+    second.get(issuer.key.kid, "RS256")
+    assert issuer.jwks_fetches == 1
+    new = issuer.rotate()
+    assert first.get(new.kid, "RS256").kid == new.kid  # the shared document is not newer: to the issuer
+    assert issuer.jwks_fetches == 2
+    assert second.get(new.kid, "RS256").kid == new.kid  # the other replica takes the new shared document
+    assert issuer.jwks_fetches == 2
+
+
+def test_a_shared_document_is_used_for_what_is_left_of_its_max_age(issuer: FakeIssuer,
+                                                                   caches: Callable[..., RedisCache]) -> None:
+    config = VerifierConfig(issuer=issuer.issuer, audiences=["test"])
+    wall = FakeClock(1_800_000_000.0)
+    first = RemoteKeySource.from_config(config, shared=caches())
+    first.get(issuer.key.kid, "RS256")
+    later = RemoteKeySource.from_config(config, clock=FakeClock(), shared=caches())
+    later._via = SharedJwksFetcher(later.fetcher, caches(), max_age=later._effective_max_age, clock=wall)
+    wall.now = time.time() + 100  # this replica starts 100 s after the first one fetched
+    later.get(issuer.key.kid, "RS256")
+    status = later.status()
+    assert issuer.jwks_fetches == 1 and status.max_age == 600
+    assert status.last_refresh_age is not None and 99 < status.last_refresh_age < 102
+
+
+def test_the_shared_fetcher_reports_the_document(issuer: FakeIssuer, caches: Callable[..., RedisCache]) -> None:
+    source = RemoteKeySource.from_config(VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
+    shared = SharedJwksFetcher(source.fetcher, caches(), max_age=lambda advertised: 600.0)
+    other = SharedJwksFetcher(source.fetcher, caches(), max_age=lambda advertised: 600.0)
+    fetched, read = shared.fetch(), other.fetch()
+    assert isinstance(fetched, FetchResult) and fetched.document is not None and fetched.age == 0
+    assert read.document == fetched.document and read.keys.kids == fetched.keys.kids
+    assert (read.jwks_uri, read.discovered, read.max_age) == (issuer.jwks_uri, True, 600)
+    assert issuer.jwks_fetches == 1
+
+
+def test_a_tampered_key_set_is_not_used(issuer: FakeIssuer, sources: Callable[..., RemoteKeySource],
+                                        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    sources().get(issuer.key.kid, "RS256")
+    with redis_server.client() as raw:
+        (name,) = [k for k in raw.scan_iter("k8s-jwt-auth:jwks:*") if b":lock:" not in k]
+        value = bytearray(raw.get(name))
+        value[-10] ^= 0x20  # somewhere in the JWKS document
+        raw.set(name, bytes(value))
+    with caplog.at_level(logging.WARNING, logger="k8s_jwt_auth.redis"):
+        assert sources().get(issuer.key.kid, "RS256").kid == issuer.key.kid
+    assert issuer.jwks_fetches == 2
+    assert any("not authentic" in r.getMessage() for r in caplog.records)
+
+
+def test_with_redis_down_each_replica_fetches_by_itself_without_waiting(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource], redis_server: RedisServer) -> None:
+    replicas = [sources() for _ in range(3)]
+    redis_server.kill()
+    start = time.monotonic()
+    for source in replicas:
+        assert source.get(issuer.key.kid, "RS256").kid == issuer.key.kid
+    assert time.monotonic() - start < 2.0
+    assert issuer.jwks_fetches == 3
+
+
+def test_a_lease_held_by_a_vanished_process_delays_at_most_the_fetch_timeout(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource], caches: Callable[..., RedisCache]) -> None:
+    source = sources()
+    key = f"{issuer.issuer}\n".encode()
+    assert caches().try_lock("jwks", key, 60)  # taken and never given back
+    source.fetcher.timeout = 0.3  # the poll is bounded by the fetch timeout
+    source._via.timeout = 0.3  # type: ignore[union-attr]
+    start = time.monotonic()
+    assert source.get(issuer.key.kid, "RS256").kid == issuer.key.kid
+    assert 0.25 < time.monotonic() - start < 2.0 and issuer.jwks_fetches == 1
+
+
+def test_key_source_from_config_passes_the_store(issuer: FakeIssuer, caches: Callable[..., RedisCache]) -> None:
+    store = caches()
+    source = key_source_from_config(VerifierConfig(issuer=issuer.issuer, audiences=["test"]), shared=store)
+    assert isinstance(source, RemoteKeySource) and source.shared is store
+
+
+# -- verified tokens shared by replicas ---------------------------------------------------------
+
+
+@pytest.fixture
+def replicas(issuer: FakeIssuer, redis_server: RedisServer) -> Iterator[Callable[..., TokenVerifier]]:
+    made: list[TokenVerifier] = []
+
+    def factory(shared: RedisCache | None = None, **overrides: Any) -> TokenVerifier:
+        settings: dict[str, Any] = {"issuer": issuer.issuer, "audiences": ["test"], "redis_url": redis_server.url,
+                                    "cache_secret": SECRET}
+        settings.update(overrides)
+        made.append(TokenVerifier(VerifierConfig(**settings), shared=shared))
+        return made[-1]
+
+    yield factory
+    issuer.fail(None)
+    for verifier in made:
+        wait_until(lambda v=verifier: not v.keys.status().reloading)  # type: ignore[attr-defined]
+        verifier.shared.close()  # type: ignore[union-attr]
+
+
+def test_a_token_verified_by_one_replica_is_a_shared_hit_on_another(
+        issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer) -> None:
+    first, second = replicas(), replicas()
+    assert isinstance(first.shared, RedisCache)
+    token = issuer.mint("shop", "cart")
+    assert first.verify(token).service_account == "cart"
+    identity = second.verify(token)
+    assert identity.namespace == "shop" and identity == first.verify(token)
+    first_info, second_info = first.cache_info(), second.cache_info()
+    assert first_info is not None and second_info is not None
+    assert (first_info.shared_misses, first_info.shared_hits) == (1, 0)
+    assert (second_info.shared_misses, second_info.shared_hits) == (0, 1)
+    assert issuer.jwks_fetches == 1  # the second replica also took the key set from Redis
+    digest = hashlib.sha256(token.encode()).digest()
+    with redis_server.client() as raw:
+        for name in raw.scan_iter("*"):
+            value = raw.get(name) or b""
+            assert token.encode() not in name + value and digest.hex().encode() not in name
+            assert digest not in name + value
+
+
+@pytest.mark.anyio
+async def test_a_shared_hit_async(issuer: FakeIssuer, replicas: Callable[..., TokenVerifier]) -> None:
+    first, second = replicas(), replicas()
+    token = issuer.mint("shop", "cart")
+    await first.verify_async(token)
+    assert (await second.verify_async(token)).service_account == "cart"
+    info = second.cache_info()
+    assert info is not None and info.shared_hits == 1 and issuer.jwks_fetches == 1
+    for verifier in (first, second):
+        await verifier.shared.aclose()  # type: ignore[union-attr]
+
+
+def test_a_tampered_verification_is_verified_again(issuer: FakeIssuer, replicas: Callable[..., TokenVerifier],
+                                                   redis_server: RedisServer) -> None:
+    first, second = replicas(), replicas()
+    token = issuer.mint()
+    first.verify(token)
+    with redis_server.client() as raw:
+        (name,) = raw.scan_iter("k8s-jwt-auth:v:*")
+        value = bytearray(raw.get(name))
+        value[-1] ^= 0x01
+        raw.set(name, bytes(value))
+    assert second.verify(token).namespace == "default"
+    info = second.cache_info()
+    assert info is not None and (info.shared_hits, info.shared_misses) == (0, 1)
+    assert second.shared is not None and second.shared.status().tampered == 1  # type: ignore[attr-defined]
+
+
+def test_redis_killed_mid_test_the_verifier_keeps_verifying_locally(
+        issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    timer = FakeClock()
+    store = RedisCache(redis_server.url, secret=SECRET, timer=timer)
+    verifier = replicas(shared=store)
+    verifier.verify(issuer.mint("shop", "a"))
+    redis_server.kill()
+    with caplog.at_level(logging.INFO, logger="k8s_jwt_auth.redis"):
+        start = time.monotonic()
+        for i in range(20):
+            assert verifier.verify(issuer.mint("shop", f"sa-{i}")).service_account == f"sa-{i}"
+        assert time.monotonic() - start < 1.5
+        redis_server.restart()
+        timer.now += 1.5
+        verifier.verify(issuer.mint("shop", "after"))
+        assert store.status().available
+        assert replicas(shared=RedisCache(redis_server.url, secret=SECRET)).verify(
+            issuer.mint("shop", "after")).service_account == "after"
+    records = [r for r in caplog.records if r.name == "k8s_jwt_auth.redis"]
+    assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
+    assert "unavailable" in records[0].getMessage() and "available again" in records[1].getMessage()
+    assert all("eyJ" not in r.getMessage() for r in caplog.records)
+
+
+def test_from_env_builds_a_verifier_that_uses_redis(issuer: FakeIssuer, redis_server: RedisServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K8S_JWT_AUTH_ISSUER", issuer.issuer)
+    monkeypatch.setenv("K8S_JWT_AUTH_AUDIENCES", "test")
+    monkeypatch.setenv("K8S_JWT_AUTH_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("K8S_JWT_AUTH_CACHE_SECRET", SECRET)
+    monkeypatch.setenv("K8S_JWT_AUTH_REDIS_PREFIX", "k8s-jwt-auth:test-env:")
+    verifier = TokenVerifier(VerifierConfig.from_env())
+    try:
+        assert isinstance(verifier.shared, RedisCache) and verifier.shared.prefix == "k8s-jwt-auth:test-env:"
+        verifier.verify(issuer.mint())
+        with redis_server.client() as raw:
+            stored = sorted(k.decode() for k in raw.scan_iter("*"))
+        assert [n.split(":")[2] for n in stored] == ["jwks", "v"]
+        assert all(n.startswith("k8s-jwt-auth:test-env:") for n in stored)
+    finally:
+        verifier.shared.close()  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -422,3 +423,12 @@ def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_package_does_not_import_redis() -> None:
     code = "import sys, k8s_jwt_auth, k8s_jwt_auth.verifier; assert 'redis' not in sys.modules, 'redis imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("true", "1 error")])
+def test_without_redis_server_the_tests_skip_except_in_ci(ci: str, outcome: str) -> None:
+    env = {"PATH": str(Path(sys.executable).parent), "CI": ci, "HOME": str(Path.home())}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{__file__}::test_roundtrip_sync"], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=Path(__file__).resolve().parents[1])
+    assert outcome in proc.stdout, proc.stdout[-2000:]

@@ -1,33 +1,57 @@
-"""`FakeIssuer`: a Kubernetes service-account issuer on 127.0.0.1 for tests and demos.
+"""`FakeIssuer`: a Kubernetes service-account issuer (and API server) on 127.0.0.1 for tests and demos.
 
 It serves `/.well-known/openid-configuration` and `/openid/v1/jwks` over real HTTP from a background
 thread, with kube-apiserver's content negotiation (the JWKS is `application/jwk-set+json`; a request
 that accepts only `application/json` gets 406), mints tokens shaped like real ones, rotates keys, counts
 fetches and can be told to fail.
+
+It also answers `POST /apis/authentication.k8s.io/v1/tokenreviews` the way kube-apiserver does (see
+`shared/fixtures/k8s/tokenreview/`): HTTP 201 for every review, `status.authenticated` only on success,
+`status.error` with the API server's wording otherwise (`invalid bearer token`, `service account token has
+expired`, `token audiences [...] is invalid for the target audiences [...]`, `service account token has
+been invalidated`), `status.audiences` = spec.audiences ∩ the token's `aud`, `user.extra` with the pod,
+node and credential id of pod-bound tokens, and a positive-answer cache (`review_cache_ttl`, 10 s like the
+real one) that keeps a token authenticated for a while after its pod or service account is deleted
+(`delete_pod`, `delete_service_account`). It checks the token itself with its own current keys
+(signature, `iss`, `exp`/`nbf` with 60 s of leeway, audiences) and requires `Authorization: Bearer`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from ._keys import SigningKey, build_claims, sign
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from ._keys import _CURVES, SigningKey, build_claims, sign
 from ._tls import TestCertificates
 
-__all__ = ["FailureMode", "FakeIssuer"]
+__all__ = ["Endpoint", "FailureMode", "FakeIssuer"]
 
 FailureMode = Literal["down", "slow", "error", "garbage", "empty", "oversized", "issuer_mismatch",
                       "unauthorized", "forbidden"]
 _FAILURE_MODES = frozenset(FailureMode.__args__)  # type: ignore[attr-defined]
+Endpoint = Literal["all", "discovery", "jwks", "tokenreview"]
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"
+TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+REVIEW_LEEWAY = 60  # kube-apiserver accepts tokens up to this many seconds past exp (and before nbf)
+MAX_REQUEST_BODY = 1024 * 1024
+_ENDPOINTS = {DISCOVERY_PATH: "discovery", JWKS_PATH: "jwks", TOKENREVIEW_PATH: "tokenreview"}
+_INVALID = "invalid bearer token"
 
 
 class FakeIssuer:
-    """A fake cluster issuer serving discovery and JWKS on `http://127.0.0.1:<port>`.
+    """A fake cluster issuer serving discovery, JWKS and TokenReview on `http://127.0.0.1:<port>`.
 
     Args:
         issuer: the `iss` of minted tokens and of the discovery document; defaults to `self.url`, so
@@ -37,12 +61,25 @@ class FakeIssuer:
         require_token: when set, discovery and JWKS require `Authorization: Bearer <require_token>`
             (401 without a token, 403 with another), as kube-apiserver does without anonymous discovery.
         max_age: the `Cache-Control: max-age` the server sends (kube-apiserver sends 3600).
-        clock: the time used by `mint` when no `now` is given.
+        clock: the current Unix time (`time.time` when `None`), used by `mint` when no `now` is given and
+            by TokenReview (token expiry, the positive-answer cache). Assignable; `reset()` restores it.
         tls: serve `https://127.0.0.1:<port>` with a certificate from a throwaway CA whose PEM is
             `ca_pem` (write it to a file and give it as `ca_file`); clients without it fail verification.
+        reviewer_token: when set, TokenReview requests must carry `Authorization: Bearer <reviewer_token>`
+            (401 otherwise); when `None`, any bearer token is accepted, and a request without one gets 401.
+        review_cache_ttl: seconds a successful TokenReview answer is reused for the same token and
+            audiences (kube-apiserver: about 10 s), never past the token's `exp`; 0 turns the cache off.
+        api_audiences: the audiences reviewed when a TokenReview has no `spec.audiences` (kube-apiserver's
+            `--api-audiences`); default: the issuer.
 
-    Use as a context manager, or call `start()`/`stop()`. State (keys, failures, counters) is reset by
-    `reset()`; the pytest fixture `k8s_issuer` does that before each test.
+    Use as a context manager, or call `start()`/`stop()`. State (keys, failures, counters, deleted pods
+    and service accounts, the review cache, `clock`) is reset by `reset()`; the pytest fixture
+    `k8s_issuer` does that before each test.
+
+    Attributes:
+        discovery_fetches, jwks_fetches, tokenreviews: requests received per endpoint.
+        requests: every request's path, method and headers (lower-case names).
+        review_requests: the JSON body of every TokenReview request, as received (tokens included).
     """
 
     def __init__(
@@ -52,15 +89,18 @@ class FakeIssuer:
         algorithm: str = "RS256",
         require_token: str | None = None,
         max_age: int = 3600,
-        clock: Any = None,
+        clock: Callable[[], float] | None = None,
         tls: bool = False,
+        reviewer_token: str | None = None,
+        review_cache_ttl: float = 10.0,
+        api_audiences: Sequence[str] | None = None,
     ) -> None:
         self._issuer = issuer
         self._tls = TestCertificates.generate() if tls else None
         self.ca_pem: str | None = self._tls.ca_pem if self._tls is not None else None
         self._initial_key = SigningKey.generate(algorithm)
-        self._initial_settings = (require_token, max_age)
-        self.clock = clock
+        self._initial_settings = (require_token, max_age, clock, reviewer_token, float(review_cache_ttl))
+        self._api_audiences = tuple(api_audiences) if api_audiences is not None else None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -122,20 +162,28 @@ class FakeIssuer:
 
     def reset(self) -> None:
         """Back to the state at construction: the initial key only, no failure, zero counters, the
-        constructor's `require_token` and `max_age`; requests held by the `slow` mode are released.
+        constructor's `require_token`, `max_age`, `clock`, `reviewer_token` and `review_cache_ttl`, no
+        deleted pods or service accounts, an empty review cache; requests held by the `slow` mode are
+        released.
 
         The initial key is kept (generating RSA keys is slow), so tokens minted before a reset still
         verify; call `rotate()` for a new key.
         """
         with self._lock:
             self.keys: list[SigningKey] = [self._initial_key]
-            self.require_token, self.max_age = self._initial_settings
+            self.require_token, self.max_age, self.clock, self.reviewer_token, self.review_cache_ttl = \
+                self._initial_settings
             self.failure: str | None = None
-            self.failure_endpoint = "all"
+            self.failure_endpoint: Endpoint = "all"
             self.delay = 0.0
             self.discovery_fetches = 0
             self.jwks_fetches = 0
+            self.tokenreviews = 0
             self.requests: list[dict[str, str]] = []
+            self.review_requests: list[Any] = []
+            self.deleted_pods: set[tuple[str | None, str]] = set()
+            self.deleted_service_accounts: set[tuple[str, str]] = set()
+            self._review_cache: dict[tuple[str, tuple[str, ...]], tuple[dict[str, Any], float]] = {}
             wake, self._wake = getattr(self, "_wake", None), threading.Event()
         if wake is not None:
             wake.set()
@@ -176,14 +224,14 @@ class FakeIssuer:
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": sorted({k.alg for k in self.keys})}
 
-    def fail(self, mode: FailureMode | None, *, endpoint: Literal["all", "discovery", "jwks"] = "all",
-             delay: float = 5.0) -> None:
+    def fail(self, mode: FailureMode | None, *, endpoint: Endpoint = "all", delay: float = 5.0) -> None:
         """Make the server fail until `fail(None)` or `reset()`.
 
         Modes: `down` (drop the connection without answering), `slow` (wait `delay` seconds, at most
-        30, then answer normally), `error` (HTTP 500), `garbage` (200 with non-JSON), `empty` (a JWKS
-        with no keys), `oversized` (a 5 MiB body), `issuer_mismatch` (discovery names another issuer),
-        `unauthorized` (401), `forbidden` (403).
+        30, then answer normally), `error` (HTTP 500), `garbage` (200, or 201 for TokenReview, with
+        non-JSON), `empty` (a JWKS with no keys), `oversized` (a 5 MiB body), `issuer_mismatch`
+        (discovery names another issuer), `unauthorized` (401), `forbidden` (403). `endpoint` is
+        `discovery`, `jwks`, `tokenreview` or `all`; `empty` and `issuer_mismatch` do not affect TokenReview.
         """
         if mode is not None and mode not in _FAILURE_MODES:
             raise ValueError(f"unknown failure mode {mode!r}; one of {sorted(_FAILURE_MODES)}")
@@ -192,6 +240,72 @@ class FakeIssuer:
         if mode is None:
             self._wake.set()
             self._wake = threading.Event()
+
+    # -- the API server's view (TokenReview) -------------------------------------------------------
+
+    def now(self) -> float:
+        """The current Unix time: `clock()`, or `time.time()` without a clock."""
+        return float(self.clock()) if self.clock is not None else time.time()
+
+    def delete_pod(self, name: str, namespace: str | None = None) -> None:
+        """Delete a pod: tokens bound to it are "invalidated" once the review cache forgets them.
+
+        `namespace` limits it to one namespace (default: a pod of that name in any namespace).
+        """
+        with self._lock:
+            self.deleted_pods.add((namespace, name))
+
+    def delete_service_account(self, namespace: str, name: str) -> None:
+        """Delete a service account: its tokens are "invalidated" once the review cache forgets them."""
+        with self._lock:
+            self.deleted_service_accounts.add((namespace, name))
+
+    def review(self, token: str, audiences: Sequence[str] | None = None) -> dict[str, Any]:
+        """The `status` of a TokenReview of `token` for `audiences` (as the endpoint answers it).
+
+        Successful answers are cached for `review_cache_ttl` seconds (never past the token's `exp`), so a
+        token stays authenticated for a while after its pod or service account is deleted.
+        """
+        targets = tuple(audiences) if audiences else self._api_audiences or (self.issuer,)
+        now = self.now()
+        with self._lock:
+            cached = self._review_cache.get((token, targets))
+            if cached is not None and now < cached[1]:
+                return cached[0]
+            keys, pods, accounts = list(self.keys), set(self.deleted_pods), set(self.deleted_service_accounts)
+        try:
+            payload = self._authenticate(token, keys, targets, now)
+            _check_bound_objects(payload, pods, accounts)
+        except _Rejected as exc:
+            return {"user": {}, "error": str(exc)}
+        status = _authenticated(payload, targets)
+        until = min(now + self.review_cache_ttl, float(payload["exp"]) + REVIEW_LEEWAY)
+        if until > now:
+            with self._lock:
+                self._review_cache[(token, targets)] = (status, until)
+        return status
+
+    def _authenticate(self, token: str, keys: Sequence[SigningKey], targets: tuple[str, ...], now: float
+                      ) -> dict[str, Any]:
+        """The verified payload, or `_Rejected` with kube-apiserver's wording."""
+        header, payload, signing_input, signature = _split(token)
+        if payload.get("iss") != self.issuer:
+            raise _Rejected(_INVALID)
+        kid = header.get("kid")
+        candidates = [k for k in keys if kid is None or k.kid == kid]
+        if not any(_signature_ok(k, header.get("alg"), signing_input, signature) for k in candidates):
+            raise _Rejected(f"[{_INVALID}, go-jose/go-jose: error in cryptographic primitive]")
+        aud = payload.get("aud")
+        token_audiences = [aud] if isinstance(aud, str) else [a for a in aud or () if isinstance(a, str)]
+        if not set(token_audiences) & set(targets):
+            raise _Rejected(f"[{_INVALID}, token audiences {_go_list(token_audiences)} is invalid for the target "
+                            f"audiences {_go_list(targets)}]")
+        exp, nbf = payload.get("exp"), payload.get("nbf")
+        if not isinstance(exp, (int, float)) or now > exp + REVIEW_LEEWAY:
+            raise _Rejected(f"[{_INVALID}, service account token has expired]")
+        if isinstance(nbf, (int, float)) and nbf > now + REVIEW_LEEWAY:
+            raise _Rejected(f"[{_INVALID}, service account token is not valid yet]")
+        return payload
 
     # -- minting ----------------------------------------------------------------------------------
 
@@ -226,23 +340,66 @@ class FakeIssuer:
 
     # -- serving (called from the server's threads) -----------------------------------------------
 
-    def _respond(self, path: str, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes] | None:
+    def _respond(self, path: str, headers: Mapping[str, str], method: str = "GET", body: bytes = b""
+                 ) -> tuple[int, dict[str, str], bytes] | None:
         with self._lock:
-            self.requests.append({"path": path, **{k.lower(): v for k, v in headers.items()}})
-            endpoint = {DISCOVERY_PATH: "discovery", JWKS_PATH: "jwks"}.get(path)
+            self.requests.append({"path": path, "method": method, **{k.lower(): v for k, v in headers.items()}})
+            endpoint = _ENDPOINTS.get(path)
             if endpoint == "discovery":
                 self.discovery_fetches += 1
             elif endpoint == "jwks":
                 self.jwks_fetches += 1
+            elif endpoint == "tokenreview":
+                self.tokenreviews += 1
             failure = self.failure if self.failure_endpoint in ("all", endpoint) else None
             delay, wake = self.delay, self._wake
         if endpoint is None:
             return 404, {"Content-Type": "application/json"}, b'{"kind":"Status","code":404}'
+        if (method == "POST") != (endpoint == "tokenreview"):
+            return 405, {"Content-Type": "application/json"}, b'{"kind":"Status","code":405}'
         if failure == "slow":
             wake.wait(delay)
         elif failure == "down":
             return None
+        if endpoint == "tokenreview":
+            return self._answer_review(failure, headers, body)
         return self._answer(endpoint, failure, headers)
+
+    def _answer_review(self, failure: str | None, headers: Mapping[str, str], body: bytes
+                       ) -> tuple[int, dict[str, str], bytes]:
+        auth = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
+        scheme, _, credential = auth.partition(" ")
+        if failure == "unauthorized" or scheme.lower() != "bearer" or not credential.strip() or (
+                self.reviewer_token is not None and credential.strip() != self.reviewer_token):
+            return _status(401, "Unauthorized", "Unauthorized")
+        if failure == "forbidden":
+            return _status(403, "Forbidden", 'tokenreviews.authentication.k8s.io is forbidden: User '
+                           '"system:serviceaccount:default:default" cannot create resource "tokenreviews" in API '
+                           'group "authentication.k8s.io" at the cluster scope')
+        if failure == "error":
+            return _status(500, "InternalError", "Internal error occurred")
+        ok = {"Content-Type": "application/json"}
+        if failure == "garbage":
+            return 201, ok, b"<html>not json</html>"
+        if failure == "oversized":
+            return 201, ok, b'{"status":{' + b" " * (5 * 1024 * 1024) + b"}}"
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return _status(400, "BadRequest", "the body is not JSON")
+        with self._lock:
+            self.review_requests.append(request)
+        spec = request.get("spec") if isinstance(request, dict) else None
+        if request.get("kind") != "TokenReview" or request.get("apiVersion") != "authentication.k8s.io/v1" \
+                or not isinstance(spec, dict) or not isinstance(spec.get("token"), str):
+            return _status(400, "BadRequest", "expected an authentication.k8s.io/v1 TokenReview with spec.token")
+        audiences = spec.get("audiences")
+        if audiences is not None and (not isinstance(audiences, list)
+                                      or not all(isinstance(a, str) for a in audiences)):
+            return _status(400, "BadRequest", "spec.audiences must be a list of strings")
+        answer = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {},
+                  "spec": spec, "status": self.review(spec["token"], audiences)}
+        return 201, ok, json.dumps(answer, separators=(",", ":")).encode()
 
     def _answer(self, endpoint: str, failure: str | None, headers: Mapping[str, str]
                 ) -> tuple[int, dict[str, str], bytes]:
@@ -272,6 +429,104 @@ class FakeIssuer:
         return 200, ok, json.dumps(doc, separators=(",", ":")).encode()
 
 
+class _Rejected(Exception):
+    """A TokenReview that does not authenticate the token; the message is kube-apiserver's `status.error`."""
+
+
+def _status(code: int, reason: str, message: str) -> tuple[int, dict[str, str], bytes]:
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+    return code, {"Content-Type": "application/json"}, json.dumps(body, separators=(",", ":")).encode()
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Header, payload, signing input and signature of a compact JWS, or `_Rejected("invalid bearer token")`."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _Rejected(_INVALID)
+    try:
+        header, payload = json.loads(_b64decode(parts[0])), json.loads(_b64decode(parts[1]))
+        signature = _b64decode(parts[2])
+        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    except (ValueError, binascii.Error):  # UnicodeError and JSONDecodeError are ValueErrors
+        raise _Rejected(_INVALID) from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise _Rejected(_INVALID)
+    return header, payload, signing_input, signature
+
+
+def _signature_ok(key: SigningKey, alg: object, signing_input: bytes, signature: bytes) -> bool:
+    """Checked with the private key's public half (independently of the library under test)."""
+    if alg != key.alg:
+        return False
+    public = key.private_key.public_key()
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+            return True
+        _, digest, size, _ = _CURVES[key.alg]
+        if len(signature) != 2 * size:
+            return False
+        der = encode_dss_signature(int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big"))
+        public.verify(der, signing_input, ec.ECDSA(digest))
+        return True
+    except InvalidSignature:
+        return False
+
+
+def _go_list(values: Sequence[str]) -> str:
+    """A string list as Go's `%q` prints it: `["a" "b"]`."""
+    return "[" + " ".join(json.dumps(v) for v in values) + "]"
+
+
+def _bound(payload: dict[str, Any], kind: str) -> dict[str, Any]:
+    """`kubernetes.io.<kind>` (`serviceaccount`, `pod`, `node`) of a payload, `{}` when absent."""
+    k8s = payload.get("kubernetes.io")
+    value = k8s.get(kind) if isinstance(k8s, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _namespace(payload: dict[str, Any]) -> str:
+    k8s = payload.get("kubernetes.io")
+    return str(k8s.get("namespace", "")) if isinstance(k8s, dict) else ""
+
+
+def _check_bound_objects(payload: dict[str, Any], deleted_pods: set[tuple[str | None, str]],
+                         deleted_accounts: set[tuple[str, str]]) -> None:
+    """`_Rejected` ("invalidated") when the token's service account or pod was deleted."""
+    namespace, pod = _namespace(payload), _bound(payload, "pod").get("name")
+    if (namespace, _bound(payload, "serviceaccount").get("name")) in deleted_accounts or (
+            pod is not None and {(None, pod), (namespace, pod)} & deleted_pods):
+        raise _Rejected(f"[{_INVALID}, service account token has been invalidated]")
+
+
+def _authenticated(payload: dict[str, Any], targets: tuple[str, ...]) -> dict[str, Any]:
+    """A successful review's status: the user, its groups, the pod/node/credential extras, the audiences."""
+    namespace, account = _namespace(payload), _bound(payload, "serviceaccount")
+    user: dict[str, Any] = {
+        "username": f"system:serviceaccount:{namespace}:{account.get('name', '')}",
+        "uid": str(account.get("uid", "")),
+        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+    }
+    extra: dict[str, list[str]] = {}
+    if isinstance(payload.get("jti"), str):
+        extra["authentication.kubernetes.io/credential-id"] = [f"JTI={payload['jti']}"]
+    for kind in ("node", "pod"):
+        bound = _bound(payload, kind)
+        if bound:
+            extra[f"authentication.kubernetes.io/{kind}-name"] = [str(bound.get("name", ""))]
+            extra[f"authentication.kubernetes.io/{kind}-uid"] = [str(bound.get("uid", ""))]
+    if extra:
+        user["extra"] = extra
+    aud = payload.get("aud")
+    token_audiences = {aud} if isinstance(aud, str) else set(aud or ())
+    return {"authenticated": True, "user": user, "audiences": [a for a in targets if a in token_audiences]}
+
+
 class _QuietServer(ThreadingHTTPServer):
     """Does not print tracebacks for failed TLS handshakes (clients that do not trust the CA)."""
 
@@ -284,7 +539,18 @@ def _handler_for(issuer: FakeIssuer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            answer = issuer._respond(self.path.split("?")[0], dict(self.headers.items()))
+            self._send(issuer._respond(self.path.split("?")[0], dict(self.headers.items())))
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            length = self.headers.get("Content-Length", "0")
+            if not length.isdigit() or int(length) > MAX_REQUEST_BODY:
+                self._send((413, {"Content-Type": "application/json"}, b'{"kind":"Status","code":413}'))
+                self.close_connection = True
+                return
+            body = self.rfile.read(int(length))
+            self._send(issuer._respond(self.path.split("?")[0], dict(self.headers.items()), "POST", body))
+
+        def _send(self, answer: tuple[int, dict[str, str], bytes] | None) -> None:
             if answer is None:  # "down": drop the connection without a response
                 self.close_connection = True
                 return

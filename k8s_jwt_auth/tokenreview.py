@@ -1,0 +1,834 @@
+"""TokenReview mode: the API server confirms a locally verified token (`authentication.k8s.io/v1`).
+
+Local verification proves that the cluster signed a token and that it has not expired; it cannot see that
+the pod or the service account it is bound to was deleted since. A `TokenReviewer` asks the API server:
+
+```
+POST {url}/apis/authentication.k8s.io/v1/tokenreviews
+Authorization: Bearer <this service's own token, re-read from token_file on every request>
+
+{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+ "spec": {"token": "<the caller's token>", "audiences": ["<configured audiences>"]}}
+```
+
+and maps the answer (HTTP 201 in every case; a failed review has no `authenticated` field):
+
+* authenticated, for the same user (and, when both sides name them, the same pod UID and credential id)
+  and for at least one configured audience → the identity with `reviewed=True` and the user's `groups`;
+* not authenticated → `InvalidToken`: `expired` ("... has expired"), `bad_audience` (the error is about
+  audiences), otherwise `token_revoked` (e.g. "service account token has been invalidated" after the pod
+  or service account was deleted). Authenticated for another user, pod or credential → `claim_mismatch`;
+  authenticated for none of our audiences → `bad_audience`;
+* no usable answer (unreachable, timeout, TLS, 401, 403, 5xx, non-JSON or malformed document, unreadable
+  token file) → `TokenReviewUnavailable` (503, `review_unavailable`, `retry_after`), or with
+  `fallback_to_local=True` the identity unchanged (`reviewed=False`). A warning is logged on the
+  `k8s_jwt_auth.tokenreview` logger once per outage, and an info line when reviews work again. After a
+  failed request, reviews are not retried for 1, 2, 4 ... s (at most 30 s, or longer if the API server
+  sends `Retry-After`); meanwhile callers are answered at once, so an API server that does not answer
+  cannot stall every request for the full timeout.
+
+Answers (positive and negative, never "unavailable") are cached by the SHA-256 digest of the token (with
+the configured audiences) for `cache_ttl` seconds and never beyond the token's expiry, in a bounded
+`cachetools.TTLCache` guarded by a `threading.Lock` (never held during I/O). Concurrent reviews of the
+same token cause one request (single flight, a `concurrent.futures.Future` waiters wait on without
+blocking an event loop). With a `shared` store (`k8s_jwt_auth._shared.SharedStore`, e.g. Redis) answers
+are also shared by replicas under the namespace `"tr"`, as compact JSON.
+
+The flow (local cache, single flight, shared cache, POST, store) is written once as a generator of I/O
+steps, driven by `review` (blocking `httpx.Client`, no event loop needed) and `review_async`
+(`httpx.AsyncClient`, never blocks the loop), each with a client per request. The token is never logged
+and never appears in an error message; logs name a token by its fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import ssl
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Union, cast
+
+import httpx
+from cachetools import TTLCache
+
+from ._remote import (
+    FetchError,
+    FetchErrorKind,
+    _Body,
+    _Response,
+    _ssl_context,
+    _status_message,
+    _transport_error,
+    _url_problem,
+    _wait_async,
+)
+from .config import DEFAULT_API_SERVER
+from .errors import ConfigurationError, InvalidToken, Reason, TokenReviewUnavailable
+from .identity import WorkloadIdentity
+
+if TYPE_CHECKING:
+    from ._shared import SharedStore
+    from .config import VerifierConfig
+
+__all__ = [
+    "EXTRA_CREDENTIAL_ID",
+    "EXTRA_NODE_NAME",
+    "EXTRA_NODE_UID",
+    "EXTRA_POD_NAME",
+    "EXTRA_POD_UID",
+    "REVIEW_PATH",
+    "SHARED_NAMESPACE",
+    "TokenReviewInfo",
+    "TokenReviewResult",
+    "TokenReviewer",
+]
+
+logger = logging.getLogger("k8s_jwt_auth.tokenreview")
+
+REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+SHARED_NAMESPACE = "tr"
+EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
+EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
+EXTRA_NODE_NAME = "authentication.kubernetes.io/node-name"
+EXTRA_NODE_UID = "authentication.kubernetes.io/node-uid"
+EXTRA_CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
+MAX_BACKOFF = 30.0  # the longest pause between review attempts after failures (seconds)
+MAX_RETRY_AFTER = 300.0  # a server's Retry-After is honoured up to this
+MAX_ERROR_TEXT = 300  # the API server's error text is cut to this many characters in messages
+
+_EMPTY_EXTRA: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+_JSON = "application/json"
+
+
+# -- the answer -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenReviewResult:
+    """The `status` of a TokenReview answer: what the API server says about a token.
+
+    Attributes:
+        authenticated: whether the API server authenticated the token (absent in failed reviews: `False`).
+        username: `status.user.username`, e.g. `system:serviceaccount:payments:api` (`None` when absent).
+        uid: `status.user.uid`, the service account's UID.
+        groups: `status.user.groups`.
+        extra: `status.user.extra`, read-only: key → values, e.g. `authentication.kubernetes.io/pod-uid`.
+        audiences: `status.audiences`: the configured audiences the token is valid for.
+        error: `status.error`, the API server's reason for not authenticating the token.
+    """
+
+    authenticated: bool
+    username: str | None = None
+    uid: str | None = None
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY_EXTRA, hash=False)
+    audiences: tuple[str, ...] = ()
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "audiences", tuple(self.audiences))
+        if not isinstance(self.extra, MappingProxyType):
+            object.__setattr__(self, "extra", MappingProxyType({k: tuple(v) for k, v in self.extra.items()}))
+
+    @classmethod
+    def from_response(cls, doc: object) -> TokenReviewResult:
+        """Parse a TokenReview response document (the decoded JSON), strictly.
+
+        Raises:
+            TokenReviewUnavailable: (`review_unavailable`) when the document is not a TokenReview with a
+                well-typed `status` (e.g. an authenticated review without a username).
+        """
+        if not isinstance(doc, dict):
+            raise _malformed("it is not a JSON object")
+        kind = doc.get("kind")
+        if kind is not None and kind != "TokenReview":
+            raise _malformed(f"its kind is {str(kind)[:40]!r}, not 'TokenReview'")
+        status = doc.get("status")
+        if not isinstance(status, dict):
+            raise _malformed("it has no status object")
+        authenticated = status.get("authenticated", False)
+        if not isinstance(authenticated, bool):
+            raise _malformed("status.authenticated is not a boolean")
+        user = status.get("user", {})
+        if user is None:
+            user = {}
+        if not isinstance(user, dict):
+            raise _malformed("status.user is not an object")
+        username = _string(user, "username", "status.user")
+        if authenticated and not username:
+            raise _malformed("it says authenticated but names no status.user.username")
+        return cls(
+            authenticated=authenticated,
+            username=username,
+            uid=_string(user, "uid", "status.user"),
+            groups=_strings(user.get("groups"), "status.user.groups"),
+            extra=_extra(user.get("extra")),
+            audiences=_strings(status.get("audiences"), "status.audiences"),
+            error=_string(status, "error", "status"),
+        )
+
+    def to_status(self) -> dict[str, object]:
+        """The `status` object in the API server's shape (absent fields left out); `from_response` reads it back."""
+        user: dict[str, object] = {}
+        for name, value in (("username", self.username), ("uid", self.uid)):
+            if value is not None:
+                user[name] = value
+        if self.groups:
+            user["groups"] = list(self.groups)
+        if self.extra:
+            user["extra"] = {k: list(v) for k, v in self.extra.items()}
+        status: dict[str, object] = {"user": user}
+        if self.authenticated:
+            status["authenticated"] = True
+        if self.audiences:
+            status["audiences"] = list(self.audiences)
+        if self.error is not None:
+            status["error"] = self.error
+        return status
+
+    def _extra_value(self, key: str) -> str | None:
+        values = self.extra.get(key, ())
+        return values[0] if len(values) == 1 else None
+
+    @property
+    def pod_name(self) -> str | None:
+        """The `authentication.kubernetes.io/pod-name` extra (pod-bound tokens)."""
+        return self._extra_value(EXTRA_POD_NAME)
+
+    @property
+    def pod_uid(self) -> str | None:
+        """The `authentication.kubernetes.io/pod-uid` extra."""
+        return self._extra_value(EXTRA_POD_UID)
+
+    @property
+    def node_name(self) -> str | None:
+        """The `authentication.kubernetes.io/node-name` extra."""
+        return self._extra_value(EXTRA_NODE_NAME)
+
+    @property
+    def node_uid(self) -> str | None:
+        """The `authentication.kubernetes.io/node-uid` extra."""
+        return self._extra_value(EXTRA_NODE_UID)
+
+    @property
+    def token_id(self) -> str | None:
+        """The token's `jti`, from the `authentication.kubernetes.io/credential-id` extra (`JTI=<jti>`)."""
+        credential = self._extra_value(EXTRA_CREDENTIAL_ID)
+        return credential[4:] if credential is not None and credential.startswith("JTI=") else None
+
+
+def _malformed(detail: str) -> TokenReviewUnavailable:
+    return TokenReviewUnavailable(f"the API server's TokenReview answer is malformed: {detail}", retry_after=5)
+
+
+def _string(doc: dict[str, object], name: str, where: str) -> str | None:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _malformed(f"{where}.{name} is not a string")
+    return value
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _malformed(f"{where} is not a list of strings")
+    return tuple(value)
+
+
+def _extra(value: object) -> Mapping[str, tuple[str, ...]]:
+    if value is None:
+        return _EMPTY_EXTRA
+    if not isinstance(value, dict):
+        raise _malformed("status.user.extra is not an object")
+    return MappingProxyType({str(k): _strings(v, "status.user.extra values") for k, v in value.items()})
+
+
+# -- observability -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReviewInfo:
+    """Counters of a `TokenReviewer` (a snapshot).
+
+    Attributes:
+        reviews: calls of `review`/`review_async`.
+        requests: TokenReview requests sent to the API server.
+        hits: reviews answered from the local cache (or by a concurrent review of the same token).
+        shared_hits: reviews answered from the shared store.
+        failures: requests without a usable answer.
+        maxsize: the most answers the local cache keeps (0: no local cache).
+        currsize: answers in the local cache now.
+        available: `False` during an outage (the last request failed).
+    """
+
+    reviews: int
+    requests: int
+    hits: int
+    shared_hits: int
+    failures: int
+    maxsize: int
+    currsize: int
+    available: bool
+
+
+# -- the I/O steps the flow yields --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Wait (bounded) for a concurrent review of the same token."""
+
+    future: Future[_Outcome | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedGet:
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedSet:
+    key: bytes
+    value: bytes
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Post:
+    url: str
+    body: bytes = field(repr=False)  # holds the token
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # holds our own token
+
+
+_Op = Union[_Wait, _SharedGet, _SharedSet, _Post]  # noqa: UP007 - runtime alias on 3.10
+_Outcome = Union[TokenReviewResult, TokenReviewUnavailable]  # noqa: UP007
+_Flow = Generator[_Op, object, WorkloadIdentity]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    result: TokenReviewResult
+    until: float  # clock time after which the answer is not used
+
+
+# -- the reviewer ------------------------------------------------------------------------------------
+
+
+class TokenReviewer:
+    """Confirms locally verified tokens with the API server's TokenReview API. Thread-safe; sync and async.
+
+    Args:
+        url: the API server (`https://kubernetes.default.svc` in a pod).
+        audiences: the audiences to review for (`spec.audiences`): the verifier's audiences.
+        token_file: this service's own token (in a pod `/var/run/secrets/kubernetes.io/serviceaccount/token`),
+            sent as `Authorization: Bearer`, re-read on every request (the kubelet rotates it).
+        ca_file: PEM CA bundle that signed the API server's certificate (the cluster CA `ca.crt`).
+        ssl_context: a ready `ssl.SSLContext` (wins over `ca_file`).
+        timeout: seconds for connecting and for each read; a request is cut off after 3 × timeout overall.
+        cache_ttl: seconds an answer is reused at most (never beyond the token's expiry); 0 turns caching
+            (local and shared) off, and then every call sends its own request.
+        cache_size: the most answers kept in the local cache.
+        fallback_to_local: when the API server gives no usable answer, return the locally verified
+            identity (`reviewed=False`) instead of raising `TokenReviewUnavailable`.
+        allow_insecure_http: allow plain http to hosts other than loopback.
+        clock: the current time in Unix seconds (`time.time`); inject the verifier's clock in tests.
+        shared: a store shared by replicas (`SharedStore`), used under the namespace `"tr"`.
+        max_response_size: the largest accepted response body, in bytes.
+
+    Raises:
+        ConfigurationError: for a URL that is not https (or loopback http), no audiences, bad numbers or
+            an unreadable CA file.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_API_SERVER,
+        *,
+        audiences: str | Sequence[str],
+        token_file: str | None = None,
+        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 5.0,
+        cache_ttl: float = 5.0,
+        cache_size: int = 10_000,
+        fallback_to_local: bool = False,
+        allow_insecure_http: bool = False,
+        clock: Callable[[], float] | None = None,
+        shared: SharedStore | None = None,
+        max_response_size: int = 1024 * 1024,
+    ) -> None:
+        problem = _url_problem(url, allow_insecure_http)
+        if problem is not None:
+            raise ConfigurationError(f"tokenreview_url {problem}", setting="TOKENREVIEW_URL")
+        self.audiences = _audiences(audiences)
+        _check_numbers(timeout, cache_ttl, cache_size)
+        self.url = url.rstrip("/")
+        self.review_url = self.url + REVIEW_PATH
+        self.token_file = token_file
+        self.timeout = float(timeout)
+        self.cache_ttl = float(cache_ttl)
+        self.fallback_to_local = fallback_to_local
+        self.shared = shared if self.cache_ttl > 0 else None
+        self.max_response_size = max_response_size
+        self.ssl_context = ssl_context if ssl_context is not None else _ssl_context(ca_file)
+        self.max_duration = 3 * self.timeout
+        self._clock: Callable[[], float] = clock if clock is not None else time.time
+        self._audience_set = frozenset(self.audiences)
+        self._salt = json.dumps(sorted(self.audiences)).encode()
+        self._lock = threading.Lock()
+        self._cache: TTLCache[bytes, _Entry] | None = (
+            TTLCache(maxsize=cache_size, ttl=self.cache_ttl, timer=self._clock)
+            if self.cache_ttl > 0 and cache_size > 0 else None)
+        self._inflight: dict[bytes, Future[_Outcome | None]] = {}
+        self._reviews = self._requests = self._hits = self._shared_hits = self._failures = self._streak = 0
+        self._retry_at = -math.inf
+        self._outage: str | None = None  # the error of the failure that started the current outage
+        self._last_error: str | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: VerifierConfig, *, clock: Callable[[], float] | None = None,
+        shared: SharedStore | None = None, ssl_context: ssl.SSLContext | None = None,
+    ) -> TokenReviewer:
+        """The reviewer a `VerifierConfig` describes (`tokenreview_url`, `tokenreview_cache_ttl`,
+        `tokenreview_fallback`, and the shared `audiences`, `token_file`, `ca_file`, `timeout`,
+        `allow_insecure_http`, `max_response_size`).
+
+        Raises:
+            ConfigurationError: when the URL is not acceptable or the CA file cannot be loaded.
+        """
+        return cls(config.tokenreview_url, audiences=config.audiences, token_file=config.token_file,
+                   ca_file=config.ca_file, ssl_context=ssl_context, timeout=config.timeout,
+                   cache_ttl=config.tokenreview_cache_ttl, fallback_to_local=config.tokenreview_fallback,
+                   allow_insecure_http=config.allow_insecure_http, clock=clock, shared=shared,
+                   max_response_size=config.max_response_size)
+
+    def __repr__(self) -> str:
+        return (f"TokenReviewer(url={self.url!r}, audiences={self.audiences!r}, cache_ttl={self.cache_ttl:g}, "
+                f"fallback_to_local={self.fallback_to_local!r})")
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def review(self, token: str | bytes, identity: WorkloadIdentity) -> WorkloadIdentity:
+        """Confirm a token that local verification turned into `identity`. Blocks; never needs an event loop.
+
+        Returns:
+            `identity` with `reviewed=True` and the user's groups; with `fallback_to_local` and no usable
+            answer, `identity` unchanged.
+
+        Raises:
+            InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
+            TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
+        """
+        flow = self._flow(_text(token), identity)
+        try:
+            op = next(flow)
+            while True:
+                op = flow.send(self._do(op))
+        except StopIteration as done:
+            reviewed: WorkloadIdentity = done.value
+            return reviewed
+        finally:
+            flow.close()
+
+    async def review_async(self, token: str | bytes, identity: WorkloadIdentity) -> WorkloadIdentity:
+        """Like `review`, for event loops: `httpx.AsyncClient`, the store's async methods, no blocking wait.
+
+        Raises:
+            InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
+            TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
+        """
+        flow = self._flow(_text(token), identity)
+        try:
+            op = next(flow)
+            while True:
+                op = flow.send(await self._do_async(op))
+        except StopIteration as done:
+            reviewed: WorkloadIdentity = done.value
+            return reviewed
+        finally:  # also on cancellation: waiters on this review are released
+            flow.close()
+
+    def cache_info(self) -> TokenReviewInfo:
+        """Counters: reviews, requests, cache hits, failures, cache size, and whether reviews work."""
+        with self._lock:
+            return TokenReviewInfo(self._reviews, self._requests, self._hits, self._shared_hits, self._failures,
+                                   int(self._cache.maxsize) if self._cache is not None else 0,
+                                   len(self._cache) if self._cache is not None else 0, self._outage is None)
+
+    def clear_cache(self) -> None:
+        """Forget every cached answer (the shared store is left alone)."""
+        with self._lock:
+            if self._cache is not None:
+                self._cache.clear()
+
+    # -- the flow, written once --------------------------------------------------------------------
+
+    def _flow(self, token: str, identity: WorkloadIdentity) -> _Flow:
+        key = hashlib.sha256(hashlib.sha256(token.encode("ascii")).digest() + b"\n" + self._salt).digest()
+        until = self._until(identity)
+        cached, joined, lead = self._plan(key)
+        outcome: _Outcome | None = cached
+        if outcome is None and joined is not None:
+            yield _Wait(joined)
+            outcome = self._joined(joined)
+        if outcome is None:
+            try:
+                outcome = yield from self._obtain(token, key, until)
+            finally:
+                self._settle(key, lead, outcome)
+        return self._apply(outcome, identity, token)
+
+    def _obtain(self, token: str, key: bytes, until: float) -> Generator[_Op, object, _Outcome]:
+        """Shared store, else a request; the answer is cached and shared. Never raises for "unavailable"."""
+        if self.shared is not None and until > self._clock():
+            value = yield _SharedGet(key)
+            entry = _decode(value, self._clock()) if isinstance(value, bytes) else None
+            if entry is not None:
+                self._remember(key, _Entry(entry.result, min(entry.until, until)), shared_hit=True)
+                return entry.result
+        if not self._may_request():
+            return self._backing_off()
+        try:
+            post = _Post(self.review_url, self._body(token), self._auth_headers())
+        except FetchError as exc:
+            return self._failed(exc, None)
+        response = yield post
+        if isinstance(response, FetchError):
+            return self._failed(response, None)
+        assert isinstance(response, _Response)
+        try:
+            result = self._read(response)
+        except (FetchError, TokenReviewUnavailable) as exc:
+            return self._failed(exc, response)
+        self._succeeded()
+        entry = _Entry(result, until)
+        self._remember(key, entry)
+        ttl = until - self._clock()
+        if self.shared is not None and ttl > 0:
+            yield _SharedSet(key, _encode(entry), ttl)
+        return result
+
+    def _body(self, token: str) -> bytes:
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                  "spec": {"token": token, "audiences": list(self.audiences)}}
+        return json.dumps(review, separators=(",", ":")).encode()
+
+    def _auth_headers(self) -> tuple[tuple[str, str], ...]:
+        headers = (("Accept", _JSON), ("Content-Type", _JSON), ("Accept-Encoding", "identity"))
+        if self.token_file is None:
+            return headers
+        try:
+            with open(self.token_file, encoding="ascii") as fh:
+                own = fh.read().strip()
+        except (OSError, UnicodeError) as exc:
+            raise FetchError("token_file", f"cannot read this service's token file {self.token_file!r} "
+                                           f"({type(exc).__name__})") from None
+        if not own or not own.isprintable() or " " in own:
+            raise FetchError("token_file", f"this service's token file {self.token_file!r} is empty or not a token")
+        return (*headers, ("Authorization", f"Bearer {own}"))
+
+    def _read(self, response: _Response) -> TokenReviewResult:
+        _check_status(response, self.token_file)
+        try:
+            document = json.loads(response.body)
+        except (ValueError, RecursionError) as exc:
+            raise FetchError("bad_json", f"the TokenReview answer from {response.url} is not JSON (content-type "
+                                         f"{response.headers.get('content-type', 'none')!r})",
+                             url=response.url) from exc
+        return TokenReviewResult.from_response(document)
+
+    # -- mapping the answer ------------------------------------------------------------------------
+
+    def _apply(self, outcome: _Outcome, identity: WorkloadIdentity, token: str) -> WorkloadIdentity:
+        if isinstance(outcome, TokenReviewUnavailable):
+            if self.fallback_to_local:
+                return identity
+            raise TokenReviewUnavailable(outcome.message, retry_after=outcome.retry_after)
+        if not outcome.authenticated:
+            raise _rejected(outcome.error, token)
+        _check_user(outcome, identity)
+        if not self._audience_set.intersection(outcome.audiences):
+            raise InvalidToken(f"the API server authenticated the token for audiences {list(outcome.audiences)}, "
+                               f"none of which is configured ({list(self.audiences)})", reason="bad_audience",
+                               claim="aud")
+        return dataclasses.replace(identity, reviewed=True, groups=outcome.groups)
+
+    # -- state, under the lock ---------------------------------------------------------------------
+
+    def _until(self, identity: WorkloadIdentity) -> float:
+        """Until when an answer about this token may be reused: cache_ttl from now, never beyond exp."""
+        until = self._clock() + self.cache_ttl
+        if identity.expires_at is not None:
+            until = min(until, identity.expires_at.timestamp())
+        return until
+
+    def _plan(self, key: bytes) -> tuple[TokenReviewResult | None, Future[_Outcome | None] | None,
+                                         Future[_Outcome | None] | None]:
+        """(cached answer, a review in flight to wait for, or the future this caller settles as the leader)."""
+        now = self._clock()
+        with self._lock:
+            self._reviews += 1
+            if self._cache is None:
+                return None, None, None
+            entry = self._cache.get(key)
+            if entry is not None and now < entry.until:
+                self._hits += 1
+                return entry.result, None, None
+            joined = self._inflight.get(key)
+            if joined is not None:
+                return None, joined, None
+            lead: Future[_Outcome | None] = Future()
+            lead.set_running_or_notify_cancel()
+            self._inflight[key] = lead
+            return None, None, lead
+
+    def _joined(self, future: Future[_Outcome | None]) -> _Outcome | None:
+        """The outcome of a concurrent review of the same token, or `None` (it did not finish: review anew)."""
+        outcome = future.result() if future.done() else None
+        if isinstance(outcome, TokenReviewResult):
+            with self._lock:
+                self._hits += 1
+        return outcome
+
+    def _settle(self, key: bytes, lead: Future[_Outcome | None] | None, outcome: _Outcome | None) -> None:
+        if lead is None:
+            return
+        with self._lock:
+            if self._inflight.get(key) is lead:
+                del self._inflight[key]
+        lead.set_result(outcome)
+
+    def _remember(self, key: bytes, entry: _Entry, *, shared_hit: bool = False) -> None:
+        now = self._clock()
+        with self._lock:
+            if shared_hit:
+                self._shared_hits += 1
+            if self._cache is not None and entry.until > now:
+                self._cache[key] = entry
+
+    def _may_request(self) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now < self._retry_at:
+                return False
+            self._requests += 1
+            return True
+
+    def _backing_off(self) -> TokenReviewUnavailable:
+        now = self._clock()
+        with self._lock:
+            retry, detail = self._retry_at - now, self._last_error or "the API server is not answering"
+        return TokenReviewUnavailable(f"TokenReview is unavailable: {detail}; next try in {math.ceil(retry)} s",
+                                      retry_after=math.ceil(retry))
+
+    def _failed(self, error: FetchError | TokenReviewUnavailable, response: _Response | None) -> TokenReviewUnavailable:
+        now = self._clock()
+        with self._lock:
+            self._failures += 1
+            self._streak += 1
+            backoff = min(MAX_BACKOFF, 2.0 ** min(self._streak - 1, 16))
+            backoff = max(backoff, _retry_after_header(response))
+            self._retry_at, self._last_error = now + backoff, error.message
+            first = self._outage is None
+            if first:
+                self._outage = error.message
+        if first:
+            action = ("answering with the locally verified identity (reviewed=False)" if self.fallback_to_local
+                      else "refusing tokens with 503 review_unavailable")
+            logger.warning("TokenReview at %s is unavailable: %s; %s until it works again", self.url,
+                           error.message, action)
+        return TokenReviewUnavailable(f"the API server could not review the token: {error.message}",
+                                      retry_after=math.ceil(backoff))
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            recovered, self._outage, self._streak, self._retry_at = self._outage is not None, None, 0, -math.inf
+            self._last_error = None
+        if recovered:
+            logger.info("TokenReview at %s works again", self.url)
+
+    # -- the drivers -------------------------------------------------------------------------------
+
+    def _do(self, op: _Op) -> object:
+        if isinstance(op, _Post):
+            return self._post(op)
+        if isinstance(op, _SharedGet):
+            assert self.shared is not None
+            return self.shared.get(SHARED_NAMESPACE, op.key)
+        if isinstance(op, _SharedSet):
+            assert self.shared is not None
+            self.shared.set(SHARED_NAMESPACE, op.key, op.value, op.ttl)
+            return None
+        wait_futures([op.future], timeout=self.max_duration + 1.0)
+        return None
+
+    async def _do_async(self, op: _Op) -> object:
+        if isinstance(op, _Post):
+            try:
+                return await asyncio.wait_for(self._post_async(op), self.max_duration)
+            except asyncio.TimeoutError:
+                return FetchError("timeout", f"the TokenReview request took more than {self.max_duration:g} s",
+                                  url=op.url)
+        if isinstance(op, _SharedGet):
+            assert self.shared is not None
+            return await self.shared.aget(SHARED_NAMESPACE, op.key)
+        if isinstance(op, _SharedSet):
+            assert self.shared is not None
+            await self.shared.aset(SHARED_NAMESPACE, op.key, op.value, op.ttl)
+            return None
+        await _wait_async(cast("Future[None]", op.future), self.max_duration + 1.0)  # only waits for it
+        return None
+
+    def _post(self, op: _Post) -> _Response | FetchError:
+        body = _Body(op.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
+        try:
+            with httpx.Client(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client, \
+                    client.stream("POST", op.url, content=op.body, headers=dict(op.headers)) as response:
+                body.start(response)
+                for chunk in response.iter_bytes():
+                    body.add(chunk)
+                return body.response(response)
+        except FetchError as exc:
+            return exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return _transport_error(op.url, exc, self.timeout)
+
+    async def _post_async(self, op: _Post) -> _Response | FetchError:
+        body = _Body(op.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
+        try:
+            async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout,
+                                         follow_redirects=False) as client, \
+                    client.stream("POST", op.url, content=op.body, headers=dict(op.headers)) as response:
+                body.start(response)
+                async for chunk in response.aiter_bytes():
+                    body.add(chunk)
+                return body.response(response)
+        except FetchError as exc:
+            return exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return _transport_error(op.url, exc, self.timeout)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _text(token: str | bytes) -> str:
+    try:
+        text = token.decode("ascii") if isinstance(token, bytes) else token
+        text.encode("ascii")
+    except UnicodeError:
+        raise InvalidToken("the token is not ASCII text", reason="malformed") from None
+    return text
+
+
+def _audiences(audiences: str | Sequence[str]) -> tuple[str, ...]:
+    values = (audiences,) if isinstance(audiences, str) else tuple(audiences)
+    if not values or not all(isinstance(a, str) and a.strip() for a in values):
+        raise ConfigurationError("the TokenReviewer needs at least one non-empty audience (the verifier's "
+                                 "audiences)", setting="AUDIENCES")
+    return values
+
+
+def _check_numbers(timeout: float, cache_ttl: float, cache_size: int) -> None:
+    if not timeout > 0:
+        raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}", setting="TIMEOUT")
+    if not cache_ttl >= 0:
+        raise ConfigurationError(f"tokenreview_cache_ttl must be >= 0 seconds, not {cache_ttl!r}",
+                                 setting="TOKENREVIEW_CACHE_TTL")
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+        raise ConfigurationError(f"cache_size must be an integer >= 0, not {cache_size!r}")
+
+
+_STATUS_HINTS: dict[int, tuple[FetchErrorKind, str]] = {
+    403: ("forbidden", "RBAC denied creating tokenreviews: bind this service's service account to the ClusterRole "
+                       "system:auth-delegator (a ClusterRoleBinding)"),
+    404: ("not_found", "nothing is served there: check tokenreview_url (the API server's URL)"),
+    429: ("http_status", "the API server is rate-limiting requests"),
+}
+
+
+def _check_status(response: _Response, token_file: str | None) -> None:
+    status, url = response.status, response.url
+    if status in (200, 201):
+        return
+    detail = _status_message(response.body)
+    if 300 <= status < 400:
+        raise FetchError("redirect", f"{url} answered HTTP {status}; redirects are not followed: configure the "
+                                     "API server's URL as tokenreview_url", url=url, status=status)
+    if status == 401:
+        fix = (f"check token_file ({token_file!r}): it must hold this service's own, valid service-account token"
+               if token_file else "no token_file is configured: give this service's own token file")
+        raise FetchError("unauthorized", f"{url} answered HTTP 401{detail}: the API server did not accept the "
+                         f"request's credentials; {fix} (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/"
+                         "token)", url=url, status=status)
+    kind, hint = _STATUS_HINTS.get(status, ("http_status", "the API server failed" if status >= 500 else ""))
+    raise FetchError(kind, f"{url} answered HTTP {status}{detail}" + (f": {hint}" if hint else ""),
+                     url=url, status=status)
+
+
+def _retry_after_header(response: _Response | None) -> float:
+    if response is None or response.status not in (429, 503):
+        return 0.0
+    value = response.headers.get("retry-after", "").strip()
+    return min(float(value), MAX_RETRY_AFTER) if value.isdigit() else 0.0
+
+
+def _rejected(error: str | None, token: str) -> InvalidToken:
+    text = (error or "no reason given").replace(token, "<token>")
+    text = "".join(c if c.isprintable() else "?" for c in text)[:MAX_ERROR_TEXT]
+    lowered = text.lower()
+    reason: Reason = "token_revoked"
+    claim: str | None = None
+    if "has expired" in lowered or "token is expired" in lowered:
+        reason, claim = "expired", "exp"
+    elif "audience" in lowered:
+        reason, claim = "bad_audience", "aud"
+    return InvalidToken(f"the API server did not authenticate the token: {text}", reason=reason, claim=claim)
+
+
+def _check_user(result: TokenReviewResult, identity: WorkloadIdentity) -> None:
+    """The API server must have authenticated the same service account, pod and credential we verified."""
+    if result.username != identity.username:
+        raise InvalidToken(f"the API server authenticated the token as {result.username!r}, not as "
+                           f"{identity.username!r}", reason="claim_mismatch", claim="sub")
+    pairs = (("pod UID", result.pod_uid, identity.pod_uid, "kubernetes.io.pod.uid"),
+             ("credential id", result.token_id, identity.token_id, "jti"))
+    for what, reviewed, local, claim in pairs:
+        if reviewed is not None and local is not None and reviewed != local:
+            raise InvalidToken(f"the API server's {what} ({reviewed!r}) differs from the token's ({local!r})",
+                               reason="claim_mismatch", claim=claim)
+
+
+def _encode(entry: _Entry) -> bytes:
+    """The shared-store value: version, until when it may be used, and the status (as the API server's)."""
+    return json.dumps({"v": 1, "t": entry.until, "s": entry.result.to_status()}, separators=(",", ":")).encode()
+
+
+def _decode(value: bytes, now: float) -> _Entry | None:
+    """A shared-store value back as an entry; `None` when unreadable or no longer usable."""
+    try:
+        doc = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        return None
+    until = doc.get("t")
+    if isinstance(until, bool) or not isinstance(until, (int, float)) or until <= now:
+        return None
+    try:
+        return _Entry(TokenReviewResult.from_response({"status": doc.get("s")}), float(until))
+    except TokenReviewUnavailable:
+        return None

@@ -7,11 +7,16 @@ The issuer is the session's `FakeIssuer` (fetch counts come from the server); ea
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -341,3 +346,14 @@ def test_from_env_builds_a_verifier_that_uses_redis(issuer: FakeIssuer, redis_se
         assert all(n.startswith("k8s-jwt-auth:test-env:") for n in stored)
     finally:
         verifier.shared.close()  # type: ignore[union-attr]
+
+
+def test_the_redis_benchmark_runs(redis_server: RedisServer) -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "redis_cache.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--redis-url", redis_server.url, "--replicas", "4"],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("K8S_JWT_AUTH_")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["cold_start_jwks_fetches"] == {"without Redis": 4, "with Redis": 1}
+    assert set(summary["RS256"]) >= {"local hit", "shared hit (Redis)", "no cache (full verification)"}

@@ -160,6 +160,7 @@ class RedisCache:
         self._hits = self._misses = self._errors = self._skipped = self._tampered = 0
         self._down_until = -math.inf  # skip Redis until then (timer)
         self._backoff = 0.0  # > 0: in an outage (warned once), the next back-off after a failed probe
+        self._epoch = 0  # changes with each back-off and recovery
         self._tamper_logged_at, self._tamper_unlogged = -math.inf, 0
 
     @classmethod
@@ -350,19 +351,21 @@ class RedisCache:
     # -- calls and the circuit breaker -----------------------------------------------------------
 
     def _call(self, command: Callable[[], object]) -> object:
-        if not self._admit():
+        epoch = self._admit()
+        if epoch is None:
             return _FAILED
         try:
             result = command()
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(epoch, exc)
             return _FAILED
         self._succeeded()
         return result
 
     async def _acall(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]],
                      fallback: Callable[[], object]) -> object:
-        if not self._admit():
+        epoch = self._admit()
+        if epoch is None:
             return _FAILED
         try:
             if self._url is None:  # only a sync client was given: run it off the loop
@@ -370,26 +373,30 @@ class RedisCache:
             else:
                 result = await asyncio.wait_for(command(await self._loop_client()), self.timeout)
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(epoch, exc)
             return _FAILED
         self._succeeded()
         return result
 
-    def _admit(self) -> bool:
-        """Whether to send a call now; after an outage's back-off, the first caller is the probe."""
+    def _admit(self) -> int | None:
+        """The breaker's epoch if a call may be sent now (`None`: skip Redis); after a back-off, one probe."""
         now = self._timer()
         with self._lock:
             if now < self._down_until:
                 self._skipped += 1
-                return False
+                return None
             if self._backoff:  # this call probes; others skip until it answers (or the back-off ends)
                 self._down_until = now + self._backoff
-            return True
+            return self._epoch
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, epoch: int, exc: BaseException) -> None:
+        """Back off; calls that were already under way when another one failed do not back off again."""
         now = self._timer()
         with self._lock:
             self._errors += 1
+            if epoch != self._epoch:
+                return
+            self._epoch += 1
             first = not self._backoff
             wait = BACKOFF_FIRST if first else self._backoff
             self._down_until, self._backoff = now + wait, min(BACKOFF_MAX, wait * 2)
@@ -400,6 +407,8 @@ class RedisCache:
     def _succeeded(self) -> None:
         with self._lock:
             recovered, self._backoff, self._down_until = bool(self._backoff), 0.0, -math.inf
+            if recovered:
+                self._epoch += 1
         if recovered:
             logger.info("the Redis cache is available again")
 

@@ -432,3 +432,33 @@ def test_without_redis_server_the_tests_skip_except_in_ci(ci: str, outcome: str)
                            f"{__file__}::test_roundtrip_sync"], capture_output=True, text=True, timeout=60,
                           env=env, cwd=Path(__file__).resolve().parents[1])
     assert outcome in proc.stdout, proc.stdout[-2000:]
+
+
+def test_calls_under_way_when_redis_fails_back_off_once(cache: RedisCache, redis_server: RedisServer,
+                                                        timer: Clock) -> None:
+    cache.set("v", DIGEST, b"payload", 60)
+    redis_server.kill()
+    barrier = threading.Barrier(4)
+
+    def call() -> None:
+        barrier.wait(5)
+        cache.get("v", DIGEST)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    status = cache.status()
+    assert status.errors >= 1 and status.errors + status.skipped == 4
+    assert status.retry_in == 1.0  # the first back-off, not doubled by the other failures
+
+
+
+def test_two_calls_in_flight_that_fail_back_off_once(cache: RedisCache) -> None:
+    first, second = cache._admit(), cache._admit()  # both sent before either failed
+    assert first is not None and second is not None
+    cache._failed(first, OSError("connection refused"))
+    cache._failed(second, OSError("connection refused"))
+    status = cache.status()
+    assert (status.errors, status.retry_in) == (2, 1.0)

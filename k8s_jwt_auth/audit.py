@@ -178,7 +178,8 @@ def _refusal(exc: AuthError) -> AuditDecision:
 def _identity_fields(workload: WorkloadIdentity) -> dict[str, Any]:
     return {"issuer": workload.issuer, "namespace": workload.namespace,
             "service_account": workload.service_account, "pod": workload.pod_name, "jti": workload.token_id,
-            "cluster": workload.cluster, "reviewed": workload.reviewed, "stale": workload.stale, "token_fingerprint": workload.token_fingerprint or None}
+            "cluster": workload.cluster, "reviewed": workload.reviewed, "stale": workload.stale,
+            "token_fingerprint": workload.token_fingerprint or None}
 
 
 class JsonFormatter(logging.Formatter):

@@ -269,7 +269,8 @@ def test_record_is_frozen_and_has_every_field() -> None:
     with pytest.raises(AttributeError):
         record.reason = "ok"  # type: ignore[misc]
     assert list(record.as_dict()) == ["decision", "reason", "status", "issuer", "namespace", "service_account",
-                                      "pod", "jti", "cluster", "reviewed", "stale", "token_fingerprint", "rule", "path", "method", "transport"]
+                                      "pod", "jti", "cluster", "reviewed", "stale", "token_fingerprint", "rule", "path",
+                                      "method", "transport"]
     assert "expired" in record.message
 
 

@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -915,3 +918,14 @@ def test_starlette_app_answers_401_token_revoked_and_503_review_unavailable(
     assert int(unavailable.headers["retry-after"]) >= 1
     for text in [r.text for r in (ok, revoked, unavailable)] + [r.getMessage() for r in caplog.records]:
         assert good not in text and doomed not in text
+
+
+def test_the_latency_benchmark_runs() -> None:
+    script = Path(__file__).resolve().parents[1] / "bench" / "tokenreview.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("K8S_JWT_AUTH_")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"local_verify_cached", "local_verify_uncached", "tokenreview_cache_hit",
+                            "tokenreview_uncached_sync", "tokenreview_uncached_async"}
+    assert all(value > 0 for value in summary.values())

@@ -37,6 +37,7 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `CACHE_SECRET` | `cache_secret` | secret (>= 32 characters) that authenticates shared-cache entries |
 | `REDIS_PREFIX` | `redis_prefix` | key prefix in Redis (default `k8s-jwt-auth:`) |
 | `REDIS_TIMEOUT` | `redis_timeout` | seconds a Redis call may take before it is skipped |
+| `REDIS_SHARE_TOKENS` | `redis_share_tokens` | bool: share verified tokens too, not only key sets and reviews |
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class VerifierConfig:
     cache_secret: str | None = field(default=None, repr=False)
     redis_prefix: str = "k8s-jwt-auth:"
     redis_timeout: float = 0.1
+    redis_share_tokens: bool = True
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -442,6 +444,7 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "CACHE_SECRET": ("cache_secret", _opt_str),
     "REDIS_PREFIX": ("redis_prefix", _identity),
     "REDIS_TIMEOUT": ("redis_timeout", _identity),
+    "REDIS_SHARE_TOKENS": ("redis_share_tokens", _bool),
 }
 assert {n for n, _ in _SUFFIXES.values()} <= {f.name for f in fields(VerifierConfig)}
 

@@ -59,8 +59,9 @@ class TokenVerifier:
             (pass a `Policy` for rules with audience or claim conditions).
         observer: told about every verification and key fetch, e.g. `k8s_jwt_auth.metrics.Metrics(registry)`;
             also attached to a `RemoteKeySource` that has no observer yet.
-        shared: a cache shared by replicas (`k8s_jwt_auth.redis_cache.RedisCache`) for verified tokens,
-            TokenReview answers and key sets; by default one is built when `config.redis_url` is set.
+        shared: a cache shared by replicas (`k8s_jwt_auth.redis_cache.RedisCache`) for verified tokens
+            (unless `config.redis_share_tokens` is off), TokenReview answers and key sets; by default one is
+            built when `config.redis_url` is set.
         reviewer: confirms tokens with the API server after local verification; by default a
             `TokenReviewer` when `config.tokenreview` is set.
 
@@ -98,6 +99,7 @@ class TokenVerifier:
         self._cache = (TokenCache(config.token_cache_size, config.token_cache_ttl, self._clock)
                        if config.token_cache_size > 0 else None)
         self._cluster = config.cluster
+        self._token_store = self.shared if config.redis_share_tokens else None  # verified tokens, namespace "v"
         self._shared_hits = self._shared_misses = 0
         self.observer = observer
         if observer is not None and getattr(self.keys, "observer", False) is None:  # a RemoteKeySource's hook
@@ -124,13 +126,14 @@ class TokenVerifier:
             else:
                 parsed, alg, kid = self._parse(token)
                 key = self.keys.get(kid, alg)
-                if self.shared is None or digest is None:
+                store = self._token_store
+                if store is None or digest is None:
                     identity = self._finish(digest, parsed, alg, key)
                 else:
-                    seen_before = self._shared_entry(self.shared.get("v", digest), parsed, alg, kid)
+                    seen_before = self._shared_entry(store.get("v", digest), parsed, alg, kid)
                     identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
                     if not seen_before:
-                        self.shared.set("v", digest, *self._shared_record(identity, alg, kid))
+                        store.set("v", digest, *self._shared_record(identity, alg, kid))
             if self.reviewer is not None:
                 return self.reviewer.review(token, identity)
             return identity
@@ -151,13 +154,14 @@ class TokenVerifier:
             else:
                 parsed, alg, kid = self._parse(token)
                 key = await self.keys.get_async(kid, alg)
-                if self.shared is None or digest is None:
+                store = self._token_store
+                if store is None or digest is None:
                     identity = self._finish(digest, parsed, alg, key)
                 else:
-                    seen_before = self._shared_entry(await self.shared.aget("v", digest), parsed, alg, kid)
+                    seen_before = self._shared_entry(await store.aget("v", digest), parsed, alg, kid)
                     identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
                     if not seen_before:
-                        await self.shared.aset("v", digest, *self._shared_record(identity, alg, kid))
+                        await store.aset("v", digest, *self._shared_record(identity, alg, kid))
             if self.reviewer is not None:
                 return await self.reviewer.review_async(token, identity)
             return identity

@@ -211,3 +211,13 @@ def test_without_a_local_cache_the_shared_store_still_serves(rsa_key: SigningKey
     first.verify(token)
     second.verify(token)
     assert second_keys.checks == 0 and store.reads == 2
+
+
+def test_sharing_verified_tokens_can_be_turned_off(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock, redis_share_tokens=False)
+    second, second_keys = replica(store, rsa_key, clock, redis_share_tokens=False)
+    token = mint(rsa_key)
+    first.verify(token)
+    second.verify(token)
+    assert second_keys.checks == 1 and (store.reads, store.writes) == (0, 0)

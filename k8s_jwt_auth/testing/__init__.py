@@ -9,13 +9,16 @@ with FakeIssuer() as issuer:
     assert TokenVerifier(config).verify(token).namespace == "payments"
 ```
 
+The fake issuer also answers TokenReview like kube-apiserver (`delete_pod`, `delete_service_account`,
+`fail(mode, endpoint="tokenreview")`, a 10 s positive cache following `clock`), for TokenReview mode.
+
 With pytest, the `k8s_issuer` fixture (from the plugin this package registers) gives a running
 `FakeIssuer`, shared by the session and reset before each test.
 """
 
 from __future__ import annotations
 
-from ._issuer import FailureMode, FakeIssuer
+from ._issuer import Endpoint, FailureMode, FakeIssuer
 from ._keys import SigningKey, b64url, build_claims, sign
 
-__all__ = ["FailureMode", "FakeIssuer", "SigningKey", "b64url", "build_claims", "sign"]
+__all__ = ["Endpoint", "FailureMode", "FakeIssuer", "SigningKey", "b64url", "build_claims", "sign"]

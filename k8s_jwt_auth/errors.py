@@ -160,5 +160,5 @@ class ConfigurationError(AuthError, ValueError):
         self.setting = setting
 
 
-for _cls in (AuthError, InvalidToken, PolicyDenied, KeySetUnavailable, ConfigurationError):
+for _cls in (AuthError, InvalidToken, PolicyDenied, KeySetUnavailable, TokenReviewUnavailable, ConfigurationError):
     _cls.__module__ = "k8s_jwt_auth"

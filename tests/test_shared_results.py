@@ -7,7 +7,6 @@ redis-server in test_redis_*.py, including entries tampered with in Redis.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,44 +15,8 @@ from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._shared import SharedStore
 from k8s_jwt_auth.testing import SigningKey
 
+from ._stores import MemoryStore
 from .conftest import NOW, TEST_ISSUER
-
-
-class MemoryStore:
-    """A `SharedStore` in a dict, with the clock of the test (authenticity is the real store's job)."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.data: dict[tuple[str, bytes], tuple[bytes, float]] = {}
-        self.reads = self.writes = 0
-
-    def get(self, namespace: str, key: bytes) -> bytes | None:
-        self.reads += 1
-        value, until = self.data.get((namespace, key), (None, 0.0))
-        return value if self.clock() < until else None
-
-    async def aget(self, namespace: str, key: bytes) -> bytes | None:
-        return self.get(namespace, key)
-
-    def set(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
-        self.writes += 1
-        if ttl > 0:
-            self.data[(namespace, key)] = (value, self.clock() + ttl)
-
-    async def aset(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
-        self.set(namespace, key, value, ttl)
-
-    def try_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
-        return True
-
-    async def atry_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
-        return True
-
-    def unlock(self, namespace: str, key: bytes) -> None:
-        pass
-
-    async def aunlock(self, namespace: str, key: bytes) -> None:
-        pass
 
 
 class CountingKeys:

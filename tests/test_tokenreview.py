@@ -45,6 +45,7 @@ from k8s_jwt_auth.testing import FakeIssuer
 from k8s_jwt_auth.tokenreview import REVIEW_PATH, TokenReviewer, TokenReviewResult
 
 from ._asgi import TestClient, bearer
+from ._stores import MemoryStore
 from ._threaded import serving
 from .conftest import FIXTURES, NOW
 
@@ -66,42 +67,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class MemoryStore:
-    """An in-memory `SharedStore` (what Redis is to a fleet), expiring by the test clock."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.data: dict[tuple[str, bytes], tuple[bytes, float]] = {}
-        self.sets: list[tuple[str, bytes, bytes, float]] = []
-
-    def get(self, namespace: str, key: bytes) -> bytes | None:
-        entry = self.data.get((namespace, key))
-        return entry[0] if entry is not None and self.clock() < entry[1] else None
-
-    async def aget(self, namespace: str, key: bytes) -> bytes | None:
-        return self.get(namespace, key)
-
-    def set(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
-        self.sets.append((namespace, key, value, ttl))
-        if ttl > 0:
-            self.data[(namespace, key)] = (value, self.clock() + ttl)
-
-    async def aset(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
-        self.set(namespace, key, value, ttl)
-
-    def try_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
-        return True
-
-    async def atry_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
-        return True
-
-    def unlock(self, namespace: str, key: bytes) -> None:
-        pass
-
-    async def aunlock(self, namespace: str, key: bytes) -> None:
-        pass
 
 
 Review = Callable[[TokenReviewer, str, WorkloadIdentity], WorkloadIdentity]

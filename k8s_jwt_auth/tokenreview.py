@@ -392,6 +392,8 @@ class TokenReviewer:
             TTLCache(maxsize=cache_size, ttl=self.cache_ttl, timer=self._clock)
             if self.cache_ttl > 0 and cache_size > 0 else None)
         self._inflight: dict[bytes, Future[_Outcome | None]] = {}
+        # key -> (cache entry, identity in, reviewed identity out): a hit for the same identity object is a lookup
+        self._memo: dict[bytes, tuple[_Entry, WorkloadIdentity, WorkloadIdentity]] = {}
         self._reviews = self._requests = self._hits = self._shared_hits = self._failures = self._streak = 0
         self._retry_at = -math.inf
         self._outage: str | None = None  # the error of the failure that started the current outage
@@ -432,7 +434,12 @@ class TokenReviewer:
             InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
             TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
         """
-        flow = self._flow(_text(token), identity)
+        text = _text(token)
+        key = self._key(text)
+        known = self._memorised(key, identity)
+        if known is not None:
+            return known
+        flow = self._flow(text, identity, key)
         try:
             op = next(flow)
             while True:
@@ -450,7 +457,12 @@ class TokenReviewer:
             InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
             TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
         """
-        flow = self._flow(_text(token), identity)
+        text = _text(token)
+        key = self._key(text)
+        known = self._memorised(key, identity)
+        if known is not None:
+            return known
+        flow = self._flow(text, identity, key)
         try:
             op = next(flow)
             while True:
@@ -471,13 +483,45 @@ class TokenReviewer:
     def clear_cache(self) -> None:
         """Forget every cached answer (the shared store is left alone)."""
         with self._lock:
+            self._memo.clear()
             if self._cache is not None:
                 self._cache.clear()
 
     # -- the flow, written once --------------------------------------------------------------------
 
-    def _flow(self, token: str, identity: WorkloadIdentity) -> _Flow:
-        key = hashlib.sha256(hashlib.sha256(token.encode("ascii")).digest() + b"\n" + self._salt).digest()
+    def _key(self, token: str) -> bytes:
+        """The cache and shared-store key: the token's digest with the audiences asked for (never the token)."""
+        return hashlib.sha256(hashlib.sha256(token.encode("ascii")).digest() + b"\n" + self._salt).digest()
+
+    def _memorised(self, key: bytes, identity: WorkloadIdentity) -> WorkloadIdentity | None:
+        """The reviewed identity made from this very `identity` and the cached answer still in force, if any.
+
+        The verifier hands the same identity object for a token it has cached, so a cache hit here skips
+        checking the answer against the identity and building the reviewed copy again.
+        """
+        now = self._clock()
+        with self._lock:
+            memo = self._memo.get(key)
+            if memo is None or memo[1] is not identity or self._cache is None:
+                return None
+            entry = self._cache.get(key)
+            if entry is not memo[0] or now >= entry.until:
+                return None
+            self._reviews += 1
+            self._hits += 1
+            return memo[2]
+
+    def _memorise(self, key: bytes, outcome: _Outcome, identity: WorkloadIdentity,
+                  reviewed: WorkloadIdentity) -> None:
+        with self._lock:
+            entry = self._cache.get(key) if self._cache is not None else None
+            if entry is None or entry.result is not outcome:
+                return
+            if len(self._memo) >= self._cache.maxsize:  # type: ignore[union-attr]  # entry implies a cache
+                self._memo = {k: m for k, m in self._memo.items() if self._cache.get(k) is m[0]}  # type: ignore[union-attr]
+            self._memo[key] = (entry, identity, reviewed)
+
+    def _flow(self, token: str, identity: WorkloadIdentity, key: bytes) -> _Flow:
         until = self._until(identity)
         cached, joined, lead = self._plan(key)
         outcome: _Outcome | None = cached
@@ -489,7 +533,10 @@ class TokenReviewer:
                 outcome = yield from self._obtain(token, key, until)
             finally:
                 self._settle(key, lead, outcome)
-        return self._apply(outcome, identity, token)
+        reviewed = self._apply(outcome, identity, token)
+        if reviewed is not identity:
+            self._memorise(key, outcome, identity, reviewed)
+        return reviewed
 
     def _obtain(self, token: str, key: bytes, until: float) -> Generator[_Op, object, _Outcome]:
         """Shared store, else a request; the answer is cached and shared. Never raises for "unavailable"."""

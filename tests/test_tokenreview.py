@@ -414,6 +414,22 @@ def test_revocation_window_is_our_cache_ttl_plus_the_api_servers(
     assert issuer.tokenreviews == 3
 
 
+def test_a_cache_hit_for_the_same_identity_returns_the_same_reviewed_identity(
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+) -> None:
+    reviewer = make_reviewer(cache_ttl=5)
+    token = pod_token(issuer)
+    identity = verifier.verify(token)
+    first = reviewer.review(token, identity)
+    assert reviewer.review(token, identity) is first and first.reviewed
+    again = verifier.verify(token)  # the verifier's cache hands the same identity object
+    assert again is identity and reviewer.review(token, again) is first
+    clock.advance(5)  # the answer expired: asked again, and a new reviewed identity is built
+    second = reviewer.review(token, identity)
+    assert second is not first and second == first and issuer.tokenreviews == 2
+    assert reviewer.cache_info().hits == 2
+
+
 def test_deleted_service_account_is_revoked(
     issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], review: Review,
 ) -> None:

@@ -11,6 +11,9 @@ A shared store holds small, *authenticated* byte values under (namespace, key) p
   read; `False` when another process holds it *or* the store cannot be reached (the caller then decides
   whether to wait or to fetch itself). `unlock`/`aunlock` give the lease back.
 
+A store may also expose `available: bool` (`False` while it skips a backend that failed): the key-set
+sharing then fetches at once instead of waiting for another process to publish a key set.
+
 Keys are bytes such as a token's SHA-256 digest; the store derives its own key names from them (never
 the raw key), so a token never reaches the store. Namespaces used by k8s-jwt-auth: `"v"` (verified
 tokens), `"tr"` (TokenReview results), `"jwks"` (key-set documents).

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from k8s_jwt_auth import TokenVerifier, VerifierConfig
+from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._remote import FetchResult, RemoteKeySource, SharedJwksFetcher
 from k8s_jwt_auth.keys import key_source_from_config
 from k8s_jwt_auth.redis_cache import RedisCache
@@ -357,3 +357,22 @@ def test_the_redis_benchmark_runs(redis_server: RedisServer) -> None:
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["cold_start_jwks_fetches"] == {"without Redis": 4, "with Redis": 1}
     assert set(summary["RS256"]) >= {"local hit", "shared hit (Redis)", "no cache (full verification)"}
+
+
+def test_tokenreview_answers_are_shared_by_replicas(issuer: FakeIssuer, replicas: Callable[..., TokenVerifier],
+                                                    tmp_path: Any) -> None:
+    own_token = tmp_path / "token"
+    own_token.write_text(issuer.mint("payments", "callee"))
+    settings = {"tokenreview": True, "tokenreview_url": issuer.url, "token_file": str(own_token),
+                "redis_share_tokens": False}
+    first, second = replicas(**settings), replicas(**settings)
+    token = issuer.mint("shop", "cart", pod="cart-1")
+    assert first.verify(token).reviewed and second.verify(token).reviewed
+    assert issuer.tokenreviews == 1  # the second replica took the answer from Redis
+    assert second.reviewer is not None and second.reviewer.cache_info().shared_hits == 1
+    issuer.review_cache_ttl = 0
+    issuer.delete_pod("cart-1")
+    other = issuer.mint("shop", "cart", pod="cart-1")  # a new token of the deleted pod: never reviewed before
+    with pytest.raises(InvalidToken) as info:
+        second.verify(other)
+    assert info.value.reason == "token_revoked"

@@ -65,6 +65,7 @@ __all__ = [
     "KeySourceStatus",
     "RemoteKeySource",
     "SharedJwksFetcher",
+    "bearer_header",
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.keys")
@@ -238,15 +239,7 @@ class JwksFetcher:
     def _auth_headers(self) -> tuple[tuple[str, str], ...]:
         if self.token_file is None:
             return ()
-        try:
-            with open(self.token_file, encoding="ascii") as fh:
-                token = fh.read().strip()
-        except (OSError, UnicodeError) as exc:
-            raise FetchError("token_file", f"cannot read the bearer token file {self.token_file!r} "
-                                           f"({type(exc).__name__})") from None
-        if not token or not token.isprintable() or " " in token:
-            raise FetchError("token_file", f"the bearer token file {self.token_file!r} is empty or not a token")
-        return (("Authorization", f"Bearer {token}"),)
+        return (bearer_header(self.token_file, "the bearer token file"),)
 
     def _read_discovery(self, response: _Response) -> str:
         _check_status(response, ACCEPT_DISCOVERY)
@@ -291,6 +284,22 @@ class JwksFetcher:
                 return body.response(response)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(request.url, exc, self.timeout) from exc
+
+
+def bearer_header(token_file: str, what: str) -> tuple[str, str]:
+    """`("Authorization", "Bearer <token>")` from a token file, read now (the kubelet rotates it).
+
+    Raises:
+        FetchError: `token_file` when the file cannot be read or does not hold a token (never shown).
+    """
+    try:
+        with open(token_file, encoding="ascii") as fh:
+            token = fh.read().strip()
+    except (OSError, UnicodeError) as exc:
+        raise FetchError("token_file", f"cannot read {what} {token_file!r} ({type(exc).__name__})") from None
+    if not token or not token.isprintable() or " " in token:
+        raise FetchError("token_file", f"{what} {token_file!r} is empty or not a token")
+    return ("Authorization", f"Bearer {token}")
 
 
 class _Body:

@@ -71,6 +71,7 @@ from ._remote import (
     _transport_error,
     _url_problem,
     _wait_async,
+    bearer_header,
 )
 from .config import DEFAULT_API_SERVER
 from .errors import ConfigurationError, InvalidToken, Reason, TokenReviewUnavailable
@@ -434,12 +435,9 @@ class TokenReviewer:
             InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
             TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
         """
-        text = _text(token)
-        key = self._key(text)
-        known = self._memorised(key, identity)
-        if known is not None:
-            return known
-        flow = self._flow(text, identity, key)
+        flow = self._start(token, identity)
+        if isinstance(flow, WorkloadIdentity):
+            return flow
         try:
             op = next(flow)
             while True:
@@ -457,12 +455,9 @@ class TokenReviewer:
             InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
             TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
         """
-        text = _text(token)
-        key = self._key(text)
-        known = self._memorised(key, identity)
-        if known is not None:
-            return known
-        flow = self._flow(text, identity, key)
+        flow = self._start(token, identity)
+        if isinstance(flow, WorkloadIdentity):
+            return flow
         try:
             op = next(flow)
             while True:
@@ -488,6 +483,13 @@ class TokenReviewer:
                 self._cache.clear()
 
     # -- the flow, written once --------------------------------------------------------------------
+
+    def _start(self, token: str | bytes, identity: WorkloadIdentity) -> WorkloadIdentity | _Flow:
+        """The reviewed identity already built for this identity and answer, else the flow to run."""
+        text = _text(token)
+        key = self._key(text)
+        known = self._memorised(key, identity)
+        return known if known is not None else self._flow(text, identity, key)
 
     def _key(self, token: str) -> bytes:
         """The cache and shared-store key: the token's digest with the audiences asked for (never the token)."""
@@ -577,15 +579,7 @@ class TokenReviewer:
         headers = (("Accept", _JSON), ("Content-Type", _JSON), ("Accept-Encoding", "identity"))
         if self.token_file is None:
             return headers
-        try:
-            with open(self.token_file, encoding="ascii") as fh:
-                own = fh.read().strip()
-        except (OSError, UnicodeError) as exc:
-            raise FetchError("token_file", f"cannot read this service's token file {self.token_file!r} "
-                                           f"({type(exc).__name__})") from None
-        if not own or not own.isprintable() or " " in own:
-            raise FetchError("token_file", f"this service's token file {self.token_file!r} is empty or not a token")
-        return (*headers, ("Authorization", f"Bearer {own}"))
+        return (*headers, bearer_header(self.token_file, "this service's token file"))
 
     def _read(self, response: _Response) -> TokenReviewResult:
         _check_status(response, self.token_file)

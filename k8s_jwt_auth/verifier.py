@@ -98,7 +98,6 @@ class TokenVerifier:
         self._max_size = config.max_token_size
         self._cache = (TokenCache(config.token_cache_size, config.token_cache_ttl, self._clock)
                        if config.token_cache_size > 0 else None)
-        self._cluster = config.cluster
         self._token_store = self.shared if config.redis_share_tokens else None  # verified tokens, namespace "v"
         self._shared_hits = self._shared_misses = 0
         self.observer = observer
@@ -130,7 +129,7 @@ class TokenVerifier:
                 if store is None or digest is None:
                     identity = self._finish(digest, parsed, alg, key)
                 else:
-                    seen_before = self._shared_entry(store.get("v", digest), parsed, alg, kid)
+                    seen_before = self._shared_entry(store.get("v", digest), alg, kid)
                     identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
                     if not seen_before:
                         store.set("v", digest, *self._shared_record(identity, alg, kid))
@@ -158,7 +157,7 @@ class TokenVerifier:
                 if store is None or digest is None:
                     identity = self._finish(digest, parsed, alg, key)
                 else:
-                    seen_before = self._shared_entry(await store.aget("v", digest), parsed, alg, kid)
+                    seen_before = self._shared_entry(await store.aget("v", digest), alg, kid)
                     identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
                     if not seen_before:
                         await store.aset("v", digest, *self._shared_record(identity, alg, kid))
@@ -214,10 +213,13 @@ class TokenVerifier:
             raise InvalidToken("the key id (kid) is not a string", reason="malformed", claim="kid")
         return kid
 
-    def _check_signature(self, parsed: ParsedToken, alg: str, key: VerificationKey) -> None:
+    def _check_key_fits(self, alg: str, key: VerificationKey) -> None:
         if alg not in key.algorithms:
             raise InvalidToken(f"algorithm {alg} does not fit the key {key.kid!r}",
                                reason="disallowed_algorithm", claim="alg")
+
+    def _check_signature(self, parsed: ParsedToken, alg: str, key: VerificationKey) -> None:
+        self._check_key_fits(alg, key)
         if not key.verify(alg, parsed.signing_input, parsed.signature):
             raise InvalidToken("the token signature is not valid", reason="bad_signature")
 
@@ -235,7 +237,7 @@ class TokenVerifier:
         self._cache.discard(digest)
         return False
 
-    def _shared_entry(self, value: bytes | None, parsed: ParsedToken, alg: str, kid: str | None) -> bool:
+    def _shared_entry(self, value: bytes | None, alg: str, kid: str | None) -> bool:
         """Whether the shared cache says this very token was verified with the key it names now.
 
         The store has already checked the entry's authenticator and expiry; the entry is keyed by the
@@ -255,15 +257,14 @@ class TokenVerifier:
 
     def _shared_record(self, identity: WorkloadIdentity, alg: str, kid: str | None) -> tuple[bytes, float]:
         """The shared-cache value for a token verified here and its time to live (never beyond exp)."""
-        until = min(self._reusable_until(identity), self._clock() + self.config.token_cache_ttl)
-        return _shared_value(alg, kid) + repr(until).encode(), until - self._clock()
+        now = self._clock()
+        until = min(self._reusable_until(identity), now + self.config.token_cache_ttl)
+        return _shared_value(alg, kid) + repr(until).encode(), until - now
 
     def _finish(self, digest: bytes | None, parsed: ParsedToken, alg: str, key: VerificationKey, *,
                 signature_checked: bool = False) -> WorkloadIdentity:
         if signature_checked:  # by a replica, with this key: its kid and alg are in the entry
-            if alg not in key.algorithms:
-                raise InvalidToken(f"algorithm {alg} does not fit the key {key.kid!r}",
-                                   reason="disallowed_algorithm", claim="alg")
+            self._check_key_fits(alg, key)
         else:
             self._check_signature(parsed, alg, key)
         identity = self._identity(decode_payload(parsed), digest.hex()[:16] if digest is not None else "")
@@ -307,7 +308,7 @@ class TokenVerifier:
             warn_after=_claims.to_datetime(warn_after, "kubernetes.io.warnafter"),
             stale=warn_after is not None and now > warn_after,
             trust_domain=config.trust_domain,
-            cluster=self._cluster,
+            cluster=config.cluster,
             token_fingerprint=token_fingerprint,
             claims=MappingProxyType(payload),  # read-only view, no copy: nobody else holds payload
             **fields,

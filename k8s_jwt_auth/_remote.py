@@ -66,6 +66,8 @@ __all__ = [
     "RemoteKeySource",
     "SharedJwksFetcher",
     "bearer_header",
+    "exchange",
+    "exchange_async",
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.keys")
@@ -264,26 +266,48 @@ class JwksFetcher:
     # -- the drivers -----------------------------------------------------------------------------
 
     def _get(self, client: httpx.Client, request: _Request) -> _Response:
-        body = _Body(request.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
-        try:
-            with client.stream("GET", request.url, headers=_headers(request)) as response:
-                body.start(response)
-                for chunk in response.iter_bytes():
-                    body.add(chunk)
-                return body.response(response)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _transport_error(request.url, exc, self.timeout) from exc
+        return exchange(client, "GET", request.url, headers=_headers(request), limit=self.max_response_size,
+                        timeout=self.timeout)
 
     async def _get_async(self, client: httpx.AsyncClient, request: _Request) -> _Response:
-        body = _Body(request.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
-        try:
-            async with client.stream("GET", request.url, headers=_headers(request)) as response:
-                body.start(response)
-                async for chunk in response.aiter_bytes():
-                    body.add(chunk)
-                return body.response(response)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _transport_error(request.url, exc, self.timeout) from exc
+        return await exchange_async(client, "GET", request.url, headers=_headers(request),
+                                    limit=self.max_response_size, timeout=self.timeout)
+
+
+def exchange(client: httpx.Client, method: str, url: str, *, headers: dict[str, str], limit: int, timeout: float,
+             content: bytes | None = None) -> _Response:
+    """Send one request and read its body, refused above `limit` bytes or after 2 × `timeout`.
+
+    Raises:
+        FetchError: `too_large`, `timeout` or the transport failure's kind.
+    """
+    body = _Body(url, limit, time.monotonic() + 2 * timeout)
+    try:
+        with client.stream(method, url, headers=headers, content=content) as response:
+            body.start(response)
+            for chunk in response.iter_bytes():
+                body.add(chunk)
+            return body.response(response)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(url, exc, timeout) from exc
+
+
+async def exchange_async(client: httpx.AsyncClient, method: str, url: str, *, headers: dict[str, str], limit: int,
+                         timeout: float, content: bytes | None = None) -> _Response:
+    """Like `exchange`, with an `httpx.AsyncClient`.
+
+    Raises:
+        FetchError: `too_large`, `timeout` or the transport failure's kind.
+    """
+    body = _Body(url, limit, time.monotonic() + 2 * timeout)
+    try:
+        async with client.stream(method, url, headers=headers, content=content) as response:
+            body.start(response)
+            async for chunk in response.aiter_bytes():
+                body.add(chunk)
+            return body.response(response)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(url, exc, timeout) from exc
 
 
 def bearer_header(token_file: str, what: str) -> tuple[str, str]:
@@ -643,7 +667,7 @@ def _outcome(outcome: FetchResult | FetchError) -> FetchResult:
     return outcome
 
 
-async def _fetch_within(fetcher: JwksFetcher) -> FetchResult:
+async def _fetch_within(fetcher: JwksFetcher | SharedJwksFetcher) -> FetchResult:
     """`fetcher.fetch_async()`, cut off after its `max_duration`.
 
     Raises:
@@ -983,12 +1007,7 @@ class RemoteKeySource:
         return None
 
     async def _fetch_async(self) -> FetchResult:
-        if isinstance(self._via, JwksFetcher):
-            return await _fetch_within(self._via)
-        try:
-            return await asyncio.wait_for(self._via.fetch_async(), self._via.max_duration)
-        except asyncio.TimeoutError:
-            raise FetchError("timeout", f"fetching the keys took more than {self._via.max_duration:g} s") from None
+        return await _fetch_within(self._via)
 
     def _settle(self, future: Future[None] | None) -> None:
         with self._lock:

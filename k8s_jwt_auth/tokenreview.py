@@ -64,14 +64,14 @@ from cachetools import TTLCache
 from ._remote import (
     FetchError,
     FetchErrorKind,
-    _Body,
     _Response,
     _ssl_context,
     _status_message,
-    _transport_error,
     _url_problem,
     _wait_async,
     bearer_header,
+    exchange,
+    exchange_async,
 )
 from .config import DEFAULT_API_SERVER
 from .errors import ConfigurationError, InvalidToken, Reason, TokenReviewUnavailable
@@ -734,33 +734,21 @@ class TokenReviewer:
         return None
 
     def _post(self, op: _Post) -> _Response | FetchError:
-        body = _Body(op.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
         try:
-            with httpx.Client(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client, \
-                    client.stream("POST", op.url, content=op.body, headers=dict(op.headers)) as response:
-                body.start(response)
-                for chunk in response.iter_bytes():
-                    body.add(chunk)
-                return body.response(response)
+            with httpx.Client(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
+                return exchange(client, "POST", op.url, headers=dict(op.headers), content=op.body,
+                                limit=self.max_response_size, timeout=self.timeout)
         except FetchError as exc:
             return exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return _transport_error(op.url, exc, self.timeout)
 
     async def _post_async(self, op: _Post) -> _Response | FetchError:
-        body = _Body(op.url, self.max_response_size, time.monotonic() + 2 * self.timeout)
         try:
             async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout,
-                                         follow_redirects=False) as client, \
-                    client.stream("POST", op.url, content=op.body, headers=dict(op.headers)) as response:
-                body.start(response)
-                async for chunk in response.aiter_bytes():
-                    body.add(chunk)
-                return body.response(response)
+                                         follow_redirects=False) as client:
+                return await exchange_async(client, "POST", op.url, headers=dict(op.headers), content=op.body,
+                                            limit=self.max_response_size, timeout=self.timeout)
         except FetchError as exc:
             return exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return _transport_error(op.url, exc, self.timeout)
 
 
 # -- helpers -------------------------------------------------------------------------------------------

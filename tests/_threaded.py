@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["echo_server", "uvicorn_server"]
+__all__ = ["JsonHandler", "echo_server", "handler_server", "serving", "uvicorn_server"]
 
 STARTUP_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -44,10 +44,11 @@ def uvicorn_server(app: Any) -> Iterator[str]:
         assert not thread.is_alive(), "uvicorn did not stop in time"
 
 
-class _Echo(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.dumps({"authorization": self.headers.get("Authorization")}).encode()
-        self.send_response(200)
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet `http.server` handler whose subclasses answer with `reply(status, body)` (a JSON body)."""
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -55,6 +56,11 @@ class _Echo(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         pass
+
+
+class _Echo(JsonHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.reply(200, json.dumps({"authorization": self.headers.get("Authorization")}).encode())
 
 
 @contextlib.contextmanager
@@ -71,9 +77,16 @@ def serving(server: HTTPServer) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """A server whose every `GET` answers `{"authorization": <the header or null>}`; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+def handler_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[tuple[ThreadingHTTPServer, str]]:
+    """A threading `http.server` with `handler` on 127.0.0.1 until the block ends; yields (server, base URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     with serving(server) as url:
+        yield server, url
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """A server whose every `GET` answers `{"authorization": <the header or null>}`; yields its base URL."""
+    with handler_server(_Echo) as (_, url):
         yield url

@@ -18,7 +18,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from k8s_jwt_auth.tokenreview import REVIEW_PATH, TokenReviewer, TokenReviewResu
 
 from ._asgi import TestClient, bearer
 from ._stores import MemoryStore
-from ._threaded import serving
+from ._threaded import JsonHandler, handler_server
 from .conftest import FIXTURES, NOW
 
 LOGGER = "k8s_jwt_auth.tokenreview"
@@ -178,34 +177,23 @@ RECORDED_IDENTITY = WorkloadIdentity(
     expires_at=datetime.fromtimestamp(1795431557, timezone.utc))
 
 
-class _Canned(BaseHTTPRequestHandler):
+class _Canned(JsonHandler):
     protocol_version = "HTTP/1.1"
-    answer: tuple[int, bytes] = (201, b"{}")
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        status, body = self.server.answer  # type: ignore[attr-defined]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-        pass
+        self.reply(*self.server.answer)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
 def canned_server() -> Iterator[tuple[str, Callable[[int, Any], None]]]:
     """A server answering every POST with a set status and JSON document; yields (url, set_answer)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    server.daemon_threads = True
+    with handler_server(_Canned) as (server, url):
 
-    def set_answer(status: int, document: Any) -> None:
-        server.answer = (status, document if isinstance(document, bytes) else json.dumps(document).encode())  # type: ignore[attr-defined]
+        def set_answer(status: int, document: Any) -> None:
+            server.answer = (status, document if isinstance(document, bytes) else json.dumps(document).encode())  # type: ignore[attr-defined]
 
-    set_answer(201, {})
-    with serving(server) as url:
+        set_answer(201, {})
         yield url, set_answer
 
 

@@ -158,14 +158,10 @@ class MultiClusterVerifier(TokenVerifier):
                 `TokenVerifier.verify` of that cluster.
             KeySetUnavailable: that cluster's keys (or TokenReview) are unavailable.
         """
-        digest = _digest(token)
-        verifier = self._routes.get(digest) if digest is not None else None
-        if verifier is None:
-            verifier = self.route(token)
-            identity = verifier.verify(token)
-            self._remember(digest, verifier)
-            return identity
-        return verifier.verify(token)
+        verifier, unrouted = self._choose(token)
+        identity = verifier.verify(token)
+        self._remember(unrouted, verifier)
+        return identity
 
     async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
         """Like `verify`, for event loops.
@@ -174,14 +170,10 @@ class MultiClusterVerifier(TokenVerifier):
             InvalidToken: `bad_issuer`, or as `TokenVerifier.verify_async` of the chosen cluster.
             KeySetUnavailable: that cluster's keys (or TokenReview) are unavailable.
         """
-        digest = _digest(token)
-        verifier = self._routes.get(digest) if digest is not None else None
-        if verifier is None:
-            verifier = self.route(token)
-            identity = await verifier.verify_async(token)
-            self._remember(digest, verifier)
-            return identity
-        return await verifier.verify_async(token)
+        verifier, unrouted = self._choose(token)
+        identity = await verifier.verify_async(token)
+        self._remember(unrouted, verifier)
+        return identity
 
     def route(self, token: str | bytes) -> TokenVerifier:
         """The verifier of the cluster the token's (unverified) `iss` names; verifies nothing.
@@ -201,6 +193,14 @@ class MultiClusterVerifier(TokenVerifier):
             shown = issuer if isinstance(issuer, str) and len(issuer) <= 128 else "?"
             raise InvalidToken(f"no trusted cluster has the issuer {shown!r}", reason="bad_issuer", claim="iss")
         return verifier
+
+    def _choose(self, token: str | bytes) -> tuple[TokenVerifier, bytes | None]:
+        """The token's verifier, and its digest when it is not routed yet (to remember once it verified)."""
+        digest = _digest(token)
+        verifier = self._routes.get(digest) if digest is not None else None
+        if verifier is not None:
+            return verifier, None
+        return self.route(token), digest
 
     def _remember(self, digest: bytes | None, verifier: TokenVerifier) -> None:
         """Route this token straight to its verifier next time (only tokens that verified; bounded)."""

@@ -131,6 +131,7 @@ class VerifierConfig:
         self._check_algorithms()
         self._check_trust_domain()
         self._check_numbers()
+        self._check_cluster()
         self._check_tokenreview()
         self._check_redis()
         from .policy import Policy  # policy imports nothing from here; local import avoids a cycle
@@ -207,9 +208,11 @@ class VerifierConfig:
             raise _invalid("token_cache_size",
                            "token_cache_size must be an integer >= 0 (0 turns the verified-token cache off)")
 
-    def _check_tokenreview(self) -> None:
+    def _check_cluster(self) -> None:
         if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster.strip()):
             raise _invalid("cluster", "cluster must be a non-empty name such as prod-eu-1")
+
+    def _check_tokenreview(self) -> None:
         if self.tokenreview:
             self._check_url(self.tokenreview_url, "tokenreview_url")
 

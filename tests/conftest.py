@@ -13,7 +13,7 @@ import pytest
 from k8s_jwt_auth import TokenVerifier, VerifierConfig
 from k8s_jwt_auth.testing import FakeIssuer, SigningKey
 
-FIXTURES = Path(os.environ.get("K8S_FIXTURES_DIR", Path(__file__).resolve().parents[2] / "shared/fixtures/k8s"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "k8s"  # recorded from a real kube-apiserver v1.36.2
 REAL_ISSUER = "https://kubernetes.default.svc.cluster.local"
 REAL_NOW = 1795428016  # iat + 60 of every fixture token: all three are valid then
 TEST_ISSUER = "https://issuer.test"

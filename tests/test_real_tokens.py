@@ -1,4 +1,4 @@
-"""Tokens minted by a real kube-apiserver v1.36.2 (shared/fixtures/k8s) verify to the exact identity."""
+"""Tokens minted by a real kube-apiserver v1.36.2 (tests/fixtures/k8s) verify to the exact identity."""
 
 from __future__ import annotations
 

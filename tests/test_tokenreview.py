@@ -1,7 +1,7 @@
 """TokenReview mode against the fake API server on loopback: review counts come from the server.
 
 Time is an injected wall clock shared by the fake API server, the verifier and the reviewer: no test sleeps
-past a cache TTL or a backoff. The recorded exchanges in `shared/fixtures/k8s/tokenreview/` are parsed as
+past a cache TTL or a backoff. The recorded exchanges in `tests/fixtures/k8s/tokenreview/` are parsed as
 they are and served by a canned server to check the mapping of real answers.
 """
 

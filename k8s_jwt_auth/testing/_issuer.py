@@ -6,7 +6,7 @@ that accepts only `application/json` gets 406), mints tokens shaped like real on
 fetches and can be told to fail.
 
 It also answers `POST /apis/authentication.k8s.io/v1/tokenreviews` the way kube-apiserver does (see
-`shared/fixtures/k8s/tokenreview/`): HTTP 201 for every review, `status.authenticated` only on success,
+`tests/fixtures/k8s/tokenreview/` in the repository): HTTP 201 for every review, `status.authenticated` only on success,
 `status.error` with the API server's wording otherwise (`invalid bearer token`, `service account token has
 expired`, `token audiences [...] is invalid for the target audiences [...]`, `service account token has
 been invalidated`), `status.audiences` = spec.audiences ∩ the token's `aud`, `user.extra` with the pod,

@@ -106,7 +106,7 @@ def build_claims(
     extra: Mapping[str, Any] | None = None,
     drop: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Claims shaped like a TokenRequest token's (see `shared/fixtures/k8s/tokens/*.json`).
+    """Claims shaped like a TokenRequest token's (see `tests/fixtures/k8s/tokens/*.json` in the repository).
 
     `pod`/`node` are a name or a `(name, uid)` pair. `extra` members override or add claims; `drop`
     removes top-level claims (to test missing ones).

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 import k8s_jwt_auth
 from k8s_jwt_auth import errors
@@ -46,3 +54,63 @@ def test_py_typed_marker_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("k8s_jwt_auth").joinpath("py.typed").is_file()
+
+
+REPO = Path(__file__).resolve().parents[1]
+SKIPPED_DIRS = {".git", ".venv", ".nox", "site", "build", "dist", "__pycache__", ".pytest_cache", ".mypy_cache",
+                ".ruff_cache", ".hypothesis"}
+
+
+def _project_text_files() -> list[Path]:
+    files = []
+    for path in REPO.rglob("*"):
+        parts = set(path.relative_to(REPO).parts)
+        if path.is_file() and not parts & SKIPPED_DIRS and not any(p.endswith(".egg-info") for p in parts) \
+                and path.suffix in {".py", ".md", ".toml", ".yml", ".yaml", ".cfg", ".in", ".txt", ""}:
+            files.append(path)
+    return files
+
+
+def test_nothing_in_the_project_reads_outside_its_own_tree() -> None:
+    # A user's clone (and the sdist) has no ../shared: tests, docs and examples use tests/fixtures/k8s.
+    outside = re.compile(r"\.\./shared|shared/fixtures|parents\[2\]")
+    offenders = [str(p.relative_to(REPO)) for p in _project_text_files()
+                 if p.name != "test_packaging.py" and outside.search(p.read_text(errors="replace"))]
+    assert offenders == []
+    assert (REPO / "tests" / "fixtures" / "k8s" / "jwks.json").is_file()
+
+
+def _top_level_imports(package: Path) -> set[str]:
+    names: set[str] = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"k8s_jwt_auth", "__future__"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("-", "_") for r in requirements}
+
+
+def test_runtime_dependencies_are_exactly_what_the_core_imports() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = _requirement_names(project["dependencies"])
+    extras = set().union(*(_requirement_names(r) for r in project["optional-dependencies"].values()))
+    imported = {name.lower() for name in _top_level_imports(REPO / "k8s_jwt_auth")}
+    # Every runtime dependency is used by the core; anything else the core imports is an optional extra
+    # (redis, prometheus_client), imported only by the module that needs it.
+    assert runtime <= imported, runtime - imported
+    assert imported - runtime <= extras | {"prometheus_client"}, imported - runtime - extras
+    assert "pyjwt" not in runtime
+
+
+def test_licence_text_matches_the_declared_licence() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    for name in ("CHANGELOG.md", "SECURITY.md", "CONTRIBUTING.md"):
+        assert (REPO / name).is_file(), name

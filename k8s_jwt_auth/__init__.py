@@ -13,6 +13,8 @@ Framework adapters live in `k8s_jwt_auth.integrations.*`; this package imports n
 
 from __future__ import annotations
 
+import logging
+
 from ._remote import KeySourceStatus, RemoteKeySource
 from .client import ServiceAccountTokenAuth, TokenFileError, read_token
 from .config import VerifierConfig
@@ -60,6 +62,10 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# A library leaves output to the application: without this, Python's last-resort handler prints every WARNING of
+# `k8s_jwt_auth.*` (each refused request's audit record) to stderr when the application configured no logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Tracebacks and reprs show `k8s_jwt_auth.InvalidToken`, not the private module path (as httpx does).
 for _name in __all__:

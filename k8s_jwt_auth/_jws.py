@@ -65,14 +65,21 @@ def b64url_decode(segment: str, part: str) -> bytes:
 
 
 def _json_object(data: bytes, part: str, decoder: json.JSONDecoder | None = None) -> dict[str, Any]:
+    # The decoding errors carry the token's text (`.object`, `.doc`): raise outside the handler so that no
+    # `__context__`/`__cause__` of the error we raise holds any part of the token.
     try:
         text = data.decode("utf-8")
         value = json.loads(text) if decoder is None else decoder.decode(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidToken(f"the {part} is not valid UTF-8 JSON", reason="malformed") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = _NOT_JSON
+    if value is _NOT_JSON:
+        raise InvalidToken(f"the {part} is not valid UTF-8 JSON", reason="malformed")
     if not isinstance(value, dict):
         raise InvalidToken(f"the {part} is not a JSON object", reason="malformed")
     return value
+
+
+_NOT_JSON: Any = object()
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -103,10 +110,9 @@ def _as_bytes(token: object, max_size: int) -> bytes:
     if isinstance(token, str):
         if len(token) > max_size:
             raise InvalidToken(f"the token is larger than {max_size} bytes", reason="too_large")
-        try:
-            return token.encode("ascii")
-        except UnicodeEncodeError as exc:
-            raise InvalidToken("the token contains non-ASCII characters", reason="malformed") from exc
+        if not token.isascii():  # checked, not caught: a UnicodeEncodeError would carry the whole token
+            raise InvalidToken("the token contains non-ASCII characters", reason="malformed")
+        return token.encode("ascii")
     if not isinstance(token, (bytes, bytearray, memoryview)):
         raise InvalidToken("the token must be a string", reason="malformed")
     data = bytes(token)

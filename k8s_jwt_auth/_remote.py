@@ -289,7 +289,8 @@ def exchange(client: httpx.Client, method: str, url: str, *, headers: dict[str, 
                 body.add(chunk)
             return body.response(response)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise _transport_error(url, exc, timeout) from exc
+        error = _transport_error(url, exc, timeout)
+    raise error  # not chained: the httpx error holds the request, whose body may be a token (TokenReview)
 
 
 async def exchange_async(client: httpx.AsyncClient, method: str, url: str, *, headers: dict[str, str], limit: int,
@@ -307,7 +308,8 @@ async def exchange_async(client: httpx.AsyncClient, method: str, url: str, *, he
                 body.add(chunk)
             return body.response(response)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise _transport_error(url, exc, timeout) from exc
+        error = _transport_error(url, exc, timeout)
+    raise error  # not chained, as in `exchange`
 
 
 def bearer_header(token_file: str, what: str) -> tuple[str, str]:

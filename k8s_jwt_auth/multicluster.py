@@ -24,14 +24,13 @@ read for defaults such as the test-mint audiences).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from ._cache import CacheInfo
-from ._jws import parse
+from ._jws import decode_payload, parse
 from ._observer import Observer
 from .config import ENV_PREFIX, VerifierConfig, parse_list
 from .errors import ConfigurationError, InvalidToken
@@ -182,12 +181,8 @@ class MultiClusterVerifier(TokenVerifier):
             InvalidToken: `malformed`/`too_large` for a token that cannot be read, `bad_issuer` when no
                 cluster accepts its issuer.
         """
-        payload = parse(token, self._max_size).payload
-        try:
-            claims = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidToken("the token payload is not JSON", reason="malformed") from None
-        issuer = claims.get("iss") if isinstance(claims, dict) else None
+        claims = decode_payload(parse(token, self._max_size))  # the same guarded parser as every verifier
+        issuer = claims.get("iss")
         verifier = self._by_issuer.get(issuer) if isinstance(issuer, str) else None
         if verifier is None:
             shown = issuer if isinstance(issuer, str) and len(issuer) <= 128 else "?"

@@ -755,12 +755,10 @@ class TokenReviewer:
 
 
 def _text(token: str | bytes) -> str:
-    try:
-        text = token.decode("ascii") if isinstance(token, bytes) else token
-        text.encode("ascii")
-    except UnicodeError:
-        raise InvalidToken("the token is not ASCII text", reason="malformed") from None
-    return text
+    # checked, not caught: a UnicodeError would carry the whole token in its chain
+    if not token.isascii():
+        raise InvalidToken("the token is not ASCII text", reason="malformed")
+    return token.decode("ascii") if isinstance(token, bytes) else token
 
 
 def _audiences(audiences: str | Sequence[str]) -> tuple[str, ...]:

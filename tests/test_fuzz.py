@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k8s_jwt_auth import AuthError, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import AuthError, InvalidToken, MultiClusterVerifier, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.testing import SigningKey, b64url, sign
 
 from .conftest import NOW, TEST_ISSUER
 
 
-@pytest.fixture(scope="module")
-def verifier(rsa_key: SigningKey, ec_key: SigningKey) -> TokenVerifier:
+@pytest.fixture(scope="module", params=["single", "multi-cluster"])
+def verifier(request: pytest.FixtureRequest, rsa_key: SigningKey, ec_key: SigningKey) -> TokenVerifier:
+    """Every public verifier entry point: a single-cluster verifier, and a multi-cluster one routing by `iss`."""
     jwks = {"keys": [rsa_key.public_jwk(), ec_key.public_jwk()]}
-    return TokenVerifier(VerifierConfig(issuer=TEST_ISSUER, audiences=["test"], jwks=jwks), clock=lambda: NOW)
+    config = VerifierConfig(issuer=TEST_ISSUER, audiences=["test"], jwks=jwks)
+    if request.param == "single":
+        return TokenVerifier(config, clock=lambda: NOW)
+    other = VerifierConfig(issuer="https://other.test", audiences=["test"], jwks={"keys": [ec_key.public_jwk()]})
+    return MultiClusterVerifier({"main": config, "other": other}, clock=lambda: NOW)
 
 
 segment = st.one_of(
@@ -33,11 +40,59 @@ json_values = st.recursive(
 claim_names = st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub", "kubernetes.io", "jti", "x"])
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def assert_holds_no_token(exc: BaseException, token: object) -> None:
+    """Neither the error nor anything in its chain (`__cause__`, `__context__`) carries the token."""
+    if isinstance(token, (bytes, bytearray)):
+        token = bytes(token).decode("latin-1")
+    if not isinstance(token, str) or len(token) < 8:
+        return  # too short to tell a token from ordinary words
+    for link in _chain(exc):
+        for text in (repr(link), str(link), repr(link.args), repr(vars(link) if hasattr(link, "__dict__") else "")):
+            assert token not in text, f"{type(link).__name__} in the chain of {type(exc).__name__} holds the token"
+
+
 def _raises_only_auth_error(verifier: TokenVerifier, token: object) -> None:
     try:
         verifier.verify(token)  # type: ignore[arg-type]
-    except AuthError:
-        pass
+    except AuthError as exc:
+        assert_holds_no_token(exc, token)
+    try:
+        asyncio.run(verifier.verify_async(token))  # type: ignore[arg-type]
+    except AuthError as exc:
+        assert_holds_no_token(exc, token)
+
+
+@pytest.mark.parametrize("payload", [b"[" * 5000, b"{\"a\":" * 3000, b"[" * 12_000])
+def test_deeply_nested_payload_is_malformed_not_a_crash(verifier: TokenVerifier, payload: bytes) -> None:
+    # A few thousand `[` fit in 16 KiB and overflow the recursion limit of a naive json.loads.
+    header = b64url(json.dumps({"alg": "RS256", "kid": "k"}).encode())
+    token = f"{header}.{b64url(payload)}.c2ln"
+    for call in (verifier.verify, lambda t: asyncio.run(verifier.verify_async(t))):
+        with pytest.raises(InvalidToken) as caught:
+            call(token)
+        # a single verifier looks the kid up before reading the payload; a multi-cluster one reads `iss` first
+        expected = {"malformed"} if isinstance(verifier, MultiClusterVerifier) else {"unknown_key"}
+        assert caught.value.reason in expected | {"too_large"}
+
+
+@pytest.mark.parametrize("token", ["eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiLDqSJ9.c2lnbmF0dXJl\u00e9",
+                                   "ey\u2028J.abc.def-secret-token-material-\u00ff"])
+def test_non_ascii_token_leaves_no_trace_of_itself_in_the_error_chain(verifier: TokenVerifier, token: str) -> None:
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(token)
+    assert caught.value.reason == "malformed"
+    assert_holds_no_token(caught.value, token)
 
 
 @settings(max_examples=300, deadline=None)

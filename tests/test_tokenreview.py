@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -47,6 +48,7 @@ from ._asgi import TestClient, bearer
 from ._stores import MemoryStore
 from ._threaded import JsonHandler, handler_server
 from .conftest import FIXTURES, NOW
+from .test_fuzz import assert_holds_no_token
 
 LOGGER = "k8s_jwt_auth.tokenreview"
 RECORDED = FIXTURES / "tokenreview"
@@ -898,3 +900,47 @@ def test_the_latency_benchmark_runs() -> None:
     assert set(summary) == {"local_verify_cached", "local_verify_uncached", "tokenreview_cache_hit",
                             "tokenreview_uncached_sync", "tokenreview_uncached_async"}
     assert all(value > 0 for value in summary.values())
+
+
+@pytest.mark.parametrize("mode", ["closed", "down", "error", "garbage", "oversized"])
+def test_an_unavailable_review_carries_no_token_in_its_error_chain(
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], review: Review,
+    mode: str,
+) -> None:
+    # The review request's body is the caller's token: a chained transport error (which holds the request)
+    # would carry it into tracebacks and error reports.
+    token = pod_token(issuer)
+    identity = verifier.verify(token)
+    url = issuer.url
+    if mode == "closed":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    else:
+        issuer.fail(mode, endpoint="tokenreview")
+    with pytest.raises(TokenReviewUnavailable) as caught:
+        review(make_reviewer(url=url), token, identity)
+    assert caught.value.reason == "review_unavailable"
+    assert_holds_no_token(caught.value, token)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_a_failed_exchange_is_not_chained_to_the_request_it_sent() -> None:
+    from k8s_jwt_auth._remote import FetchError, exchange, exchange_async
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/apis"
+    body = b'{"spec":{"token":"eyJhbGciOiJSUzI1NiJ9.secret-payload.signature"}}'
+
+    async def post_async() -> None:
+        async with httpx.AsyncClient() as client:
+            await exchange_async(client, "POST", url, headers={}, content=body, limit=1024, timeout=1.0)
+
+    with pytest.raises(FetchError) as sync_error, httpx.Client() as client:
+        exchange(client, "POST", url, headers={}, content=body, limit=1024, timeout=1.0)
+    with pytest.raises(FetchError) as async_error:
+        asyncio.run(post_async())
+    for caught in (sync_error, async_error):
+        assert caught.value.kind == "connect"
+        assert caught.value.__cause__ is None and caught.value.__context__ is None

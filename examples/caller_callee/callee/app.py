@@ -18,6 +18,7 @@ to the pod's service-account mount, so that it can fetch the issuer's discovery 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -48,4 +49,7 @@ def create_app(verifier: TokenVerifier | None = None) -> FastAPI:
     return app
 
 
+# k8s-jwt-auth, like any library, prints nothing by itself: show its refusals (audit records at WARNING, 503s at
+# ERROR) and key-fetch failures in `kubectl logs`. A no-op when logging is already configured (e.g. under pytest).
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 app = create_app()

@@ -1,14 +1,16 @@
 """Framework adapters for k8s-jwt-auth. Import the one you use; this package imports none of them.
 
 * `k8s_jwt_auth.integrations.starlette` — pure ASGI `K8sJWTAuthMiddleware`, `WorkloadAuthBackend` for
-  Starlette's `AuthenticationMiddleware`, `WorkloadUser` (`request.user.workload`). Extra: `[starlette]`.
+  Starlette's `AuthenticationMiddleware`, `WorkloadUser` (`request.user.workload`), `workload_client(app, issuer,
+  ...)` (a `TestClient` that calls as a workload). Extra: `[starlette]`.
 * `k8s_jwt_auth.integrations.fastapi` — `require_workload(...)` dependencies, the `Workload` annotation,
-  `install(app, verifier)`. Extra: `[fastapi]`.
+  `install(app, verifier)`, and the same `workload_client`. Extra: `[fastapi]`.
 * `k8s_jwt_auth.integrations.flask` — the `K8sJWTAuth` extension (`app.config` settings, enforcing mode),
-  `current_workload`, `@workload_required(...)`, `K8sJWTAuthClient` for tests. Extra: `[flask]`.
+  `current_workload`, `@workload_required(...)`, `K8sJWTAuthClient`/`workload_client` for tests. Extra: `[flask]`.
 * `k8s_jwt_auth.integrations.django` — a Django app: `K8S_JWT_AUTH` settings with system checks,
   `K8sJWTAuthMiddleware` (`request.workload`), `K8sJWTAuthBackend`, `@workload_required(...)`, and
-  `drf.K8sJWTAuthentication`/`WorkloadPermission` for Django REST framework. Extras: `[django]`, `[drf]`.
+  `drf.K8sJWTAuthentication`/`WorkloadPermission` for Django REST framework, and test clients in `testing`.
+  Extras: `[django]`, `[drf]`.
 
 Each adapter only reads the token from the request, calls the shared `TokenVerifier`, stores the
 identity where the framework expects it and renders an `AuthError` as the framework's response.

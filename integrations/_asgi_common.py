@@ -18,6 +18,7 @@ from k8s_jwt_auth.identity import WorkloadIdentity
 from ._common import check_policy, log_admission, log_rejection
 
 __all__ = [
+    "STATE_KEY",
     "WS_CLOSE_POLICY_VIOLATION",
     "WS_CLOSE_TRY_AGAIN_LATER",
     "Authenticator",
@@ -26,6 +27,9 @@ __all__ = [
     "route_path",
     "websocket_close_code",
 ]
+
+STATE_KEY = "k8s_jwt_auth"
+"""The `app.state` attribute holding the app's `TokenVerifier` (set by `k8s_jwt_auth.integrations.fastapi.install`)."""
 
 WS_CLOSE_POLICY_VIOLATION = 1008  # RFC 6455: invalid credentials or a denied workload
 WS_CLOSE_TRY_AGAIN_LATER = 1013  # IANA registry: keys unavailable, retry later

@@ -49,9 +49,9 @@ from k8s_jwt_auth._http import error_response, missing_token
 from k8s_jwt_auth.errors import ConfigurationError
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import read_token, websocket_close_code
+from ._asgi_common import STATE_KEY, read_token, websocket_close_code
 from ._common import build_verifier, check_policy, header_name, log_admission, log_rejection
-from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response
+from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response, workload_client
 
 __all__ = [
     "STATE_KEY",
@@ -64,12 +64,10 @@ __all__ = [
     "auth_exception_handler",
     "install",
     "require_workload",
+    "workload_client",
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.integrations.fastapi")
-
-STATE_KEY = "k8s_jwt_auth"
-"""The `app.state` attribute holding the app's `TokenVerifier` (set by `install`)."""
 
 SCHEME_NAME = "KubernetesServiceAccountToken"
 _SCHEME_DESCRIPTION = "A Kubernetes projected service-account token (`Authorization: Bearer <token>`)."

@@ -30,12 +30,16 @@ policy denials, 503 with `Retry-After` when no keys are available; the body is
 token's SHA-256 fingerprint.
 
 For Starlette's own `AuthenticationMiddleware`, use `WorkloadAuthBackend` with our `on_error`.
+
+In tests, `workload_client(app, issuer, namespace, service_account)` is a `TestClient` that calls as that workload,
+with a token minted by a `k8s_jwt_auth.testing.FakeIssuer`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 try:
     from starlette.authentication import (
@@ -52,12 +56,17 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError('k8s_jwt_auth.integrations.starlette needs Starlette: pip install "k8s-jwt-auth[starlette]"'
                       ) from exc
 
-from k8s_jwt_auth import AuthError, InvalidToken, Policy, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import AuthError, ConfigurationError, InvalidToken, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._http import error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import Authenticator, auth_scopes, route_path, websocket_close_code
+from ._asgi_common import STATE_KEY, Authenticator, auth_scopes, route_path, websocket_close_code
 from ._common import PathMatcher, build_verifier, header_name, log_rejection
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
+
+    from k8s_jwt_auth.testing import FakeIssuer
 
 __all__ = [
     "K8sJWTAuthMiddleware",
@@ -69,6 +78,7 @@ __all__ = [
     "credentials_for",
     "on_error",
     "websocket_close_code",
+    "workload_client",
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.integrations.starlette")
@@ -253,3 +263,62 @@ def on_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
     if isinstance(exc, WorkloadAuthenticationError):
         return auth_error_response(exc.error, exc.realm)
     return auth_error_response(InvalidToken("the credentials were rejected"))
+
+
+# -- testing ---------------------------------------------------------------------------------------------
+
+
+def workload_client(app: ASGIApp, issuer: FakeIssuer, namespace: str = "default", service_account: str = "default",
+                    **mint_options: Any) -> TestClient:
+    """A `TestClient` for `app` that calls as `namespace/service_account`, with a token minted by `issuer`.
+
+    ```python
+    with workload_client(app, k8s_issuer, "payments", "worker", pod="worker-1") as client:  # runs the lifespan
+        assert client.get("/whoami").json()["namespace"] == "payments"
+    ```
+
+    Every request, websockets included, sends the token as `Bearer <token>`; a request's own `headers=` win. The
+    token is minted for the app's audiences, found in this order: the verifier `install()` put on `app.state`
+    (FastAPI), the verifier of the first `K8sJWTAuthMiddleware` or `WorkloadAuthBackend` in `app.user_middleware`
+    (a `TokenVerifier` or `VerifierConfig`, or the `K8S_JWT_AUTH_*` variables when it was given none); failing that,
+    `FakeIssuer.mint`'s default, `test`. The header is that middleware's `header` (default `Authorization`).
+
+    Args:
+        app: the Starlette or FastAPI app (any ASGI app, with `audiences=` given).
+        issuer: a `k8s_jwt_auth.testing.FakeIssuer` (e.g. the `k8s_issuer` pytest fixture).
+        namespace: the caller's namespace.
+        service_account: the caller's service account.
+        **mint_options: more `FakeIssuer.mint` options (`pod=`, `lifetime=`, `audiences=`, ...).
+
+    Returns:
+        A Starlette `TestClient`, not yet started: use it in a `with` block so that the app's lifespan runs.
+    """
+    from starlette.testclient import TestClient  # only tests need it (and httpx2 behind it)
+
+    verifier, header = _app_auth(app)
+    if verifier is not None:
+        config = verifier.config if isinstance(verifier, TokenVerifier) else verifier
+        mint_options.setdefault("audiences", tuple(config.audiences))
+    token = issuer.mint(namespace, service_account, **mint_options)
+    return TestClient(app, headers={header: f"Bearer {token}"})
+
+
+def _app_auth(app: ASGIApp) -> tuple[TokenVerifier | VerifierConfig | None, str]:
+    """The verifier (or its config) an app authenticates with, and the header it reads, as far as can be seen."""
+    installed: TokenVerifier | None = getattr(getattr(app, "state", None), STATE_KEY, None)
+    for spec in getattr(app, "user_middleware", ()):
+        backend = spec.kwargs.get("backend")
+        if isinstance(backend, WorkloadAuthBackend):
+            return installed or backend.verifier, backend._auth.header.decode("latin-1")
+        if isinstance(spec.cls, type) and issubclass(spec.cls, K8sJWTAuthMiddleware):
+            given = spec.args[0] if spec.args else spec.kwargs.get("verifier")
+            return installed or given or _env_config(), str(spec.kwargs.get("header", "authorization"))
+    return installed, "authorization"
+
+
+def _env_config() -> VerifierConfig | None:
+    """The config a middleware given no verifier builds (`VerifierConfig.from_env()`), `None` if it cannot."""
+    try:
+        return VerifierConfig.from_env()
+    except ConfigurationError:
+        return None

@@ -19,6 +19,7 @@ from k8s_jwt_auth.integrations.fastapi import (
     add_exception_handlers,
     install,
     require_workload,
+    workload_client,
 )
 from k8s_jwt_auth.testing import FakeIssuer
 
@@ -307,3 +308,20 @@ def test_install_builds_the_verifier_from_env(monkeypatch: pytest.MonkeyPatch, i
     verifier = install(app)
     assert app.state.k8s_jwt_auth is verifier
     assert verifier.config.audiences == ("test",)
+
+
+def test_workload_client_calls_as_the_workload_with_the_installed_audiences(issuer: FakeIssuer) -> None:
+    app = make_app()
+    install(app, static_verifier(issuer, audiences=["payments-api"]))
+    with workload_client(app, issuer, "payments", "worker", pod="worker-1") as client:
+        whoami = client.get("/whoami").json()
+        assert (whoami["namespace"], whoami["pod_name"], whoami["audiences"]) == ("payments", "worker-1",
+                                                                                  ["payments-api"])
+        assert client.get("/payments").json() == {"caller": "system:serviceaccount:payments:worker"}
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json() == {"caller": "system:serviceaccount:payments:worker"}
+    with workload_client(app, issuer, "payments", "batch") as client:
+        assert client.get("/payments").status_code == 403
+    with workload_client(app, issuer, "payments", "worker", audiences="elsewhere") as client:
+        response = client.get("/whoami")
+        assert (response.status_code, response.json()["reason"]) == (401, "bad_audience")

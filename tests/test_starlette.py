@@ -27,6 +27,7 @@ from k8s_jwt_auth.integrations.starlette import (
     WorkloadAuthBackend,
     WorkloadUser,
     on_error,
+    workload_client,
 )
 from k8s_jwt_auth.testing import FakeIssuer
 
@@ -395,3 +396,66 @@ def test_a_config_is_turned_into_a_verifier(issuer: FakeIssuer) -> None:
         assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
     with pytest.raises(ConfigurationError):
         K8sJWTAuthMiddleware(ROUTES[0], "https://issuer")  # type: ignore[arg-type]
+
+
+# -- workload_client: a TestClient that calls as a workload ------------------------------------------------
+
+
+def test_workload_client_mints_for_the_middlewares_audiences(issuer: FakeIssuer) -> None:
+    app = make_app(static_verifier(issuer, audiences=["payments-api"]))
+    with workload_client(app, issuer, "payments", "worker", pod="worker-1") as client:
+        response = client.get("/whoami")
+        assert response.status_code == 200
+        workload = response.json()["workload"]
+        assert (workload["namespace"], workload["service_account"], workload["pod_name"]) == \
+            ("payments", "worker", "worker-1")
+        assert workload["audiences"] == ["payments-api"]
+        assert client.get("/started").json() == {"started": True}  # the lifespan ran
+        with client.websocket_connect("/ws") as ws:  # websockets send the token too
+            assert ws.receive_json()["user"] == "system:serviceaccount:payments:worker"
+        # a request's own header wins
+        refused = client.get("/whoami", headers=bearer("not-a-jwt"))
+        assert (refused.status_code, refused.json()["reason"]) == (401, "malformed")
+
+
+def test_workload_client_uses_the_middlewares_header_and_config(issuer: FakeIssuer) -> None:
+    config = VerifierConfig(issuer=issuer.issuer, audiences=["orders-api"], jwks=issuer.jwks(), allow=["shop/*"])
+    app = Starlette(routes=ROUTES, middleware=[
+        Middleware(K8sJWTAuthMiddleware, config, header="X-Forwarded-Authorization")])
+    with workload_client(app, issuer, "shop", "cart") as client:
+        assert client.headers["x-forwarded-authorization"].startswith("Bearer ")
+        assert "authorization" not in client.headers
+        assert client.get("/whoami").json()["workload"]["audiences"] == ["orders-api"]
+    with workload_client(app, issuer, "batch", "job") as client:
+        assert client.get("/whoami").status_code == 403
+
+
+def test_workload_client_reads_the_environment_like_the_middleware(monkeypatch: pytest.MonkeyPatch,
+                                                                   issuer: FakeIssuer, tmp_path: Any) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    monkeypatch.setenv("K8S_JWT_AUTH_ISSUER", issuer.issuer)
+    monkeypatch.setenv("K8S_JWT_AUTH_AUDIENCES", "inventory")
+    monkeypatch.setenv("K8S_JWT_AUTH_JWKS_FILE", str(jwks))
+    app = Starlette(routes=ROUTES, middleware=[Middleware(K8sJWTAuthMiddleware)])
+    with workload_client(app, issuer, "shop", "cart") as client:
+        assert client.get("/whoami").json()["workload"]["audiences"] == ["inventory"]
+
+
+def test_workload_client_with_starlettes_authentication_middleware(issuer: FakeIssuer) -> None:
+    backend = WorkloadAuthBackend(static_verifier(issuer, audiences=["billing"]), header="x-auth")
+    app = Starlette(routes=ROUTES, middleware=[Middleware(AuthenticationMiddleware, backend=backend,
+                                                          on_error=on_error)])
+    with workload_client(app, issuer, "billing", "api") as client:
+        response = client.get("/whoami")
+        assert response.status_code == 200
+        assert response.json()["display_name"] == "system:serviceaccount:billing:api"
+
+
+def test_workload_client_without_a_known_verifier_uses_the_given_or_default_audiences(issuer: FakeIssuer) -> None:
+    bare = Starlette(routes=[Route("/whoami", whoami)])
+    client = workload_client(bare, issuer, audiences="elsewhere", lifetime=60)
+    token = client.headers["authorization"].removeprefix("Bearer ")
+    assert static_verifier(issuer, audiences=["elsewhere"]).verify(token).audiences == ("elsewhere",)
+    default = workload_client(bare, issuer).headers["authorization"].removeprefix("Bearer ")
+    assert static_verifier(issuer).verify(default).audiences == ("test",)  # FakeIssuer.mint's default

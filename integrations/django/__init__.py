@@ -31,7 +31,10 @@ Modules (import them by path; this package itself imports nothing, so it is safe
 * `middleware` — `K8sJWTAuthMiddleware`: sets `request.user` and `request.workload`, answers 401/403/503.
 * `decorators` — `@workload_required(*rules)` and `WorkloadRequiredMixin` for per-view policies.
 * `checks` — system checks `k8s_jwt_auth.E001`... and `W001`...
-* `drf` — Django REST framework: `K8sJWTAuthentication`, `WorkloadPermission`, `workload_permission()`.
+* `drf` — Django REST framework: `K8sJWTAuthentication`, `WorkloadPermission`, `workload_permission()`,
+  `workload_api_client()` for tests.
+* `testing` — test clients that call as a workload: `workload_client()`, `async_workload_client()`,
+  `workload_headers()`.
 
 Extra: `pip install "k8s-jwt-auth[django]"` (and `[drf]` for the REST framework classes).
 """

@@ -24,13 +24,14 @@ exception handler renders it unchanged, with the same statuses and headers as th
 | `KeySetUnavailable` | `WorkloadKeysUnavailable` (`APIException`) | 503 | `Retry-After` |
 
 DRF answers 401 only when the *first* authentication class returns a challenge: list `K8sJWTAuthentication`
-first, or DRF turns the 401s into 403s. Extra: `pip install "k8s-jwt-auth[drf]"`.
+first, or DRF turns the 401s into 403s. In tests, `workload_api_client(issuer, namespace, service_account)` is an
+`APIClient` that calls as that workload. Extra: `pip install "k8s-jwt-auth[drf]"`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 try:
     from rest_framework.authentication import BaseAuthentication
@@ -50,6 +51,11 @@ from .conf import get_settings, sensitive_token
 from .decorators import view_policy
 from .middleware import log_admitted, log_refusal, logger, read_token
 
+if TYPE_CHECKING:
+    from rest_framework.test import APIClient
+
+    from k8s_jwt_auth.testing import FakeIssuer
+
 __all__ = [
     "K8sJWTAuthentication",
     "WorkloadAuthenticationFailed",
@@ -58,6 +64,7 @@ __all__ = [
     "WorkloadPermission",
     "WorkloadPermissionDenied",
     "api_exception",
+    "workload_api_client",
     "workload_permission",
 ]
 
@@ -203,3 +210,32 @@ def _workload(request: Request) -> WorkloadIdentity | None:
         return request.auth
     workload = getattr(request._request, "workload", None)
     return workload if isinstance(workload, WorkloadIdentity) else None
+
+
+def workload_api_client(issuer: FakeIssuer, namespace: str = "default", service_account: str = "default",
+                        **mint_options: Any) -> APIClient:
+    """A DRF `APIClient` whose every request calls as `namespace/service_account`, with a token minted by `issuer`.
+
+    ```python
+    client = workload_api_client(k8s_issuer, "payments", "worker")
+    assert client.get("/refunds").status_code == 200
+    client.credentials()                       # DRF's way to drop them: the next request sends no token
+    ```
+
+    The token is set with `client.credentials(...)`, in the header of `K8S_JWT_AUTH["HEADER"]`, minted for the
+    `AUDIENCES` of `settings.K8S_JWT_AUTH` (see `k8s_jwt_auth.integrations.django.testing.workload_headers`).
+
+    Args:
+        issuer: a `k8s_jwt_auth.testing.FakeIssuer` (e.g. the `k8s_issuer` pytest fixture).
+        namespace: the caller's namespace.
+        service_account: the caller's service account.
+        **mint_options: more `FakeIssuer.mint` options (`pod=`, `lifetime=`, `audiences=`, ...).
+    """
+    from rest_framework.test import APIClient  # test-only: not loaded by the authentication classes
+
+    from .testing import workload_headers
+
+    client = APIClient()
+    headers = workload_headers(issuer, namespace, service_account, **mint_options)
+    client.credentials(**{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()})
+    return client

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
+from ._validate import seconds, whole_number
 from .config import _is_loopback
 from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable
 from .keys import KeySet, VerificationKey
@@ -172,8 +173,8 @@ class JwksFetcher:
         allow_insecure_http: bool = False,
         max_response_size: int = 1024 * 1024,
     ) -> None:
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}")
+        timeout = seconds(timeout, "timeout", positive=True, setting="TIMEOUT")
+        max_response_size = whole_number(max_response_size, "max_response_size", minimum=1024)
         self.issuer = issuer
         self.jwks_uri = jwks_uri
         self.allow_insecure_http = allow_insecure_http
@@ -778,6 +779,9 @@ class RemoteKeySource:
         shared: SharedStore | None = None,
     ) -> None:
         self.observer = observer
+        cache_max_age = seconds(cache_max_age, "cache_max_age", setting="CACHE_MAX_AGE")
+        cooldown = seconds(cooldown, "cooldown", setting="COOLDOWN")
+        max_stale = seconds(max_stale, "max_stale", setting="MAX_STALE")
         self.fetcher = JwksFetcher(issuer, jwks_uri=jwks_uri, ca_file=ca_file, ssl_context=ssl_context,
                                    token_file=token_file, timeout=timeout, allow_insecure_http=allow_insecure_http,
                                    max_response_size=max_response_size)

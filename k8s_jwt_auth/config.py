@@ -51,6 +51,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ._validate import seconds, whole_number
 from .errors import ConfigurationError
 
 __all__ = [
@@ -130,7 +131,6 @@ class VerifierConfig:
         self._check_key_source()
         self._check_algorithms()
         self._check_trust_domain()
-        self._check_numbers()
         self._check_cluster()
         self._check_tokenreview()
         self._check_redis()
@@ -153,9 +153,12 @@ class VerifierConfig:
         pems = (self.public_keys,) if isinstance(self.public_keys, str) else self.public_keys
         self._set("public_keys", _str_tuple(pems, "public_keys"))
         for name in _SECONDS:
-            self._set(name, _number(getattr(self, name), name))
+            self._set(name, _number(getattr(self, name), name, positive=name in _POSITIVE_SECONDS))
         if self.max_token_age is not None:
-            self._set("max_token_age", _number(self.max_token_age, "max_token_age"))
+            self._set("max_token_age", _number(self.max_token_age, "max_token_age", positive=True))
+        for name, minimum in _WHOLE_NUMBERS.items():
+            self._set(name, whole_number(getattr(self, name), name, minimum=minimum,
+                                         setting=_FIELD_SUFFIXES.get(name)))
 
     def _check_issuer(self) -> None:
         if not isinstance(self.issuer, str) or not self.issuer.strip():
@@ -193,20 +196,6 @@ class VerifierConfig:
             raise _invalid("algorithms", f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}; "
                                      f"not allowed: {bad} (symmetric and 'none' algorithms are never accepted)")
 
-    def _check_numbers(self) -> None:
-        for name in (*_SECONDS, "max_token_age"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise _invalid(name, f"{name} must be >= 0 seconds, not {value}")
-        for name in ("timeout", "redis_timeout"):
-            if getattr(self, name) == 0:
-                raise _invalid(name, f"{name} must be > 0 seconds: calls without a timeout can hang")
-        if not isinstance(self.max_token_size, int) or self.max_token_size < 256:
-            raise _invalid("max_token_size", "max_token_size must be an integer >= 256 bytes")
-        if isinstance(self.token_cache_size, bool) or not isinstance(self.token_cache_size, int) \
-                or self.token_cache_size < 0:
-            raise _invalid("token_cache_size",
-                           "token_cache_size must be an integer >= 0 (0 turns the verified-token cache off)")
 
     def _check_cluster(self) -> None:
         if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster.strip()):
@@ -363,13 +352,8 @@ def _str_tuple(value: object, name: str, *, split_spaces: bool = False) -> tuple
     raise _invalid(name, f"{name} must be a string or a list of strings, not {type(value).__name__}")
 
 
-def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _invalid(name, f"{name} must be a number of seconds, not {value!r}")
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise _invalid(name, f"{name} must be a number of seconds, not {value!r}") from exc
+def _number(value: object, name: str, *, positive: bool = False) -> float:
+    return seconds(value, name, positive=positive, setting=_FIELD_SUFFIXES.get(name))
 
 
 def _bool(value: object) -> bool:
@@ -413,6 +397,9 @@ def _float_or_none(value: object) -> float | None:
 
 _SECONDS = ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl",
             "tokenreview_cache_ttl", "redis_timeout")
+_POSITIVE_SECONDS = frozenset({"timeout", "redis_timeout"})  # a call without a time limit can hang
+# integer settings and their smallest sensible value (a token cache of size 0 is off)
+_WHOLE_NUMBERS = {"max_token_size": 256, "max_response_size": 1024, "token_cache_size": 0}
 
 _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISSUER": ("issuer", _identity),

@@ -54,6 +54,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError('k8s_jwt_auth.redis_cache needs redis-py: pip install "k8s-jwt-auth[redis]"') from exc
 
+from ._validate import seconds
 from .config import MIN_CACHE_SECRET
 from .errors import ConfigurationError
 
@@ -143,9 +144,7 @@ class RedisCache:
                                      "`openssl rand -hex 32`), shared by every replica", setting="CACHE_SECRET")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError("the Redis key prefix must be a non-empty string", setting="REDIS_PREFIX")
-        if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
-            raise ConfigurationError(f"the Redis timeout must be > 0 seconds, not {timeout!r}",
-                                     setting="REDIS_TIMEOUT")
+        timeout = seconds(timeout, "the Redis timeout", positive=True, setting="REDIS_TIMEOUT")
         if url is None and client is None:
             raise ConfigurationError("RedisCache needs a url (redis://host:6379/0) or a client",
                                      setting="REDIS_URL")

@@ -73,6 +73,7 @@ from ._remote import (
     exchange,
     exchange_async,
 )
+from ._validate import seconds, whole_number
 from .config import DEFAULT_API_SERVER
 from .errors import ConfigurationError, InvalidToken, Reason, TokenReviewUnavailable
 from .identity import WorkloadIdentity
@@ -374,7 +375,7 @@ class TokenReviewer:
         if problem is not None:
             raise ConfigurationError(f"tokenreview_url {problem}", setting="TOKENREVIEW_URL")
         self.audiences = _audiences(audiences)
-        _check_numbers(timeout, cache_ttl, cache_size)
+        _check_numbers(timeout, cache_ttl, cache_size, max_response_size)
         self.url = url.rstrip("/")
         self.review_url = self.url + REVIEW_PATH
         self.token_file = token_file
@@ -769,14 +770,11 @@ def _audiences(audiences: str | Sequence[str]) -> tuple[str, ...]:
     return values
 
 
-def _check_numbers(timeout: float, cache_ttl: float, cache_size: int) -> None:
-    if not timeout > 0:
-        raise ConfigurationError(f"timeout must be > 0 seconds, not {timeout!r}", setting="TIMEOUT")
-    if not cache_ttl >= 0:
-        raise ConfigurationError(f"tokenreview_cache_ttl must be >= 0 seconds, not {cache_ttl!r}",
-                                 setting="TOKENREVIEW_CACHE_TTL")
-    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-        raise ConfigurationError(f"cache_size must be an integer >= 0, not {cache_size!r}")
+def _check_numbers(timeout: float, cache_ttl: float, cache_size: int, max_response_size: int) -> None:
+    seconds(timeout, "timeout", positive=True, setting="TIMEOUT")
+    seconds(cache_ttl, "tokenreview_cache_ttl", setting="TOKENREVIEW_CACHE_TTL")
+    whole_number(cache_size, "cache_size")
+    whole_number(max_response_size, "max_response_size", minimum=1024)
 
 
 _STATUS_HINTS: dict[int, tuple[FetchErrorKind, str]] = {

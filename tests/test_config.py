@@ -287,3 +287,80 @@ def test_tokenreview_url_is_only_checked_when_tokenreview_is_on() -> None:
     assert VerifierConfig(issuer=REAL_ISSUER, audiences="a", tokenreview_url="http://10.0.0.1").tokenreview_url
     assert VerifierConfig(issuer=REAL_ISSUER, audiences="a", tokenreview=True,
                           tokenreview_url="http://127.0.0.1:8443").tokenreview
+
+
+# -- numbers: no NaN, no infinity, no negative, in every source (#14 item 10) ----------------------------
+
+SECONDS_SETTINGS = {"LEEWAY": "leeway", "MAX_TOKEN_AGE": "max_token_age", "TIMEOUT": "timeout",
+                    "CACHE_MAX_AGE": "cache_max_age", "COOLDOWN": "cooldown", "MAX_STALE": "max_stale",
+                    "TOKEN_CACHE_TTL": "token_cache_ttl", "TOKENREVIEW_CACHE_TTL": "tokenreview_cache_ttl",
+                    "REDIS_TIMEOUT": "redis_timeout"}
+BAD_SECONDS = ["nan", "NaN", "inf", "-inf", "Infinity", "-1", "1e999", float("nan"), float("inf"), -0.5, True, "x"]
+
+
+@pytest.mark.parametrize("suffix", SECONDS_SETTINGS)
+@pytest.mark.parametrize("value", BAD_SECONDS, ids=repr)
+def test_non_finite_or_negative_seconds_are_refused_from_every_source(suffix: str, value: object) -> None:
+    base = {"issuer": REAL_ISSUER, "audiences": ["a"], "jwks_file": str(FIXTURES / "jwks.json")}
+    with pytest.raises(ConfigurationError) as keyword:
+        VerifierConfig(**base, **{SECONDS_SETTINGS[suffix]: value})  # type: ignore[arg-type]
+    assert keyword.value.setting == suffix and SECONDS_SETTINGS[suffix] in keyword.value.message
+    env = {"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+           "K8S_JWT_AUTH_JWKS_FILE": str(FIXTURES / "jwks.json"), f"K8S_JWT_AUTH_{suffix}": str(value)}
+    with pytest.raises(ConfigurationError) as from_env:
+        VerifierConfig.from_env(env)
+    assert from_env.value.setting == suffix
+    with pytest.raises(ConfigurationError):  # native values, as Flask config and Django settings give them
+        VerifierConfig.from_mapping({"ISSUER": REAL_ISSUER, "AUDIENCES": ["a"],
+                                     "JWKS_FILE": str(FIXTURES / "jwks.json"), suffix: value})
+
+
+@pytest.mark.parametrize("suffix", ["TIMEOUT", "REDIS_TIMEOUT", "MAX_TOKEN_AGE"])
+def test_a_zero_time_limit_is_refused(suffix: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        VerifierConfig(issuer=REAL_ISSUER, audiences="a", **{SECONDS_SETTINGS[suffix]: 0})  # type: ignore[arg-type]
+    assert caught.value.setting == suffix
+
+
+@pytest.mark.parametrize(("name", "value"), [("max_token_size", 10), ("max_token_size", float("nan")),
+                                             ("max_response_size", -1), ("max_response_size", 2.5),
+                                             ("token_cache_size", -1), ("token_cache_size", float("inf")),
+                                             ("token_cache_size", True)])
+def test_integer_settings_are_whole_numbers_in_range(name: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        VerifierConfig(issuer=REAL_ISSUER, audiences="a", **{name: value})  # type: ignore[arg-type]
+
+
+def test_numeric_settings_from_text_are_parsed() -> None:
+    config = VerifierConfig.from_env({"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "a",
+                                      "K8S_JWT_AUTH_LEEWAY": " 30 ", "K8S_JWT_AUTH_TOKEN_CACHE_SIZE": "0",
+                                      "K8S_JWT_AUTH_MAX_TOKEN_AGE": "3600.5"})
+    assert (config.leeway, config.token_cache_size, config.max_token_age) == (30.0, 0, 3600.5)
+
+
+def test_a_nan_leeway_can_no_longer_accept_a_long_expired_token() -> None:
+    # The attack: LEEWAY=nan made every expiry comparison false, so a token expired ten days ago verified.
+    with pytest.raises(ConfigurationError):
+        VerifierConfig.from_env({"K8S_JWT_AUTH_ISSUER": REAL_ISSUER, "K8S_JWT_AUTH_AUDIENCES": "payments-api",
+                                 "K8S_JWT_AUTH_JWKS_FILE": str(FIXTURES / "jwks.json"),
+                                 "K8S_JWT_AUTH_LEEWAY": "nan"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0])
+def test_keyword_constructors_refuse_bad_time_limits(value: float) -> None:
+    from k8s_jwt_auth.keys import RemoteKeySource
+    from k8s_jwt_auth.redis_cache import RedisCache
+    from k8s_jwt_auth.tokenreview import TokenReviewer
+
+    with pytest.raises(ConfigurationError, match="timeout"):
+        RemoteKeySource("https://issuer.test", timeout=value)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        TokenReviewer("https://api.test", audiences=["a"], timeout=value)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        RedisCache(url="redis://127.0.0.1:1/0", secret="s" * 32, timeout=value)
+    if value != 0:
+        for name in ("cache_max_age", "cooldown", "max_stale"):
+            with pytest.raises(ConfigurationError, match=name):
+                RemoteKeySource("https://issuer.test", **{name: value})  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="tokenreview_cache_ttl"):
+            TokenReviewer("https://api.test", audiences=["a"], cache_ttl=value)

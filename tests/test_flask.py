@@ -558,6 +558,9 @@ def test_none_means_unset(build: Callable[..., Flask]) -> None:
     ({"HEADER": None}, "K8S_JWT_AUTH_HEADER"),
     ({"REALM": 1}, "K8S_JWT_AUTH_REALM"),
     ({"ISSUER": None}, "K8S_JWT_AUTH_ISSUER"),
+    ({"LEEWAY": float("nan")}, "K8S_JWT_AUTH_LEEWAY"),
+    ({"COOLDOWN": "inf"}, "K8S_JWT_AUTH_COOLDOWN"),
+    ({"TOKEN_CACHE_TTL": -5}, "K8S_JWT_AUTH_TOKEN_CACHE_TTL"),
 ])
 def test_bad_settings_name_the_key(build: Callable[..., Flask], settings: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigurationError, match=key):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
+
+# Starlette >= 1.10 builds its TestClient on httpx2 and warns when only httpx is installed: the test extra installs
+# httpx2 (Python >= 3.11; on 3.10 pip picks a Starlette whose TestClient uses httpx), so no warning is hidden here.
+from starlette.testclient import TestClient
 
 from k8s_jwt_auth import KeySetUnavailable, TokenVerifier, VerificationKey, VerifierConfig
 from k8s_jwt_auth.testing import FakeIssuer, SigningKey
-
-with warnings.catch_warnings():
-    # Starlette 1.x prefers httpx2 under its TestClient and warns when it falls back to httpx; both work.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 __all__ = [
     "MALFORMED_HEADERS",

@@ -5,7 +5,7 @@ import httpx
 from k8s_jwt_auth.client import ServiceAccountTokenAuth, read_token
 
 auth = ServiceAccountTokenAuth("/var/run/secrets/tokens/payments-api-token")
-with httpx.Client(auth=auth) as client:            # or httpx.AsyncClient(auth=auth)
+with httpx.Client(auth=auth) as client:            # or httpx.AsyncClient, httpx2.Client, httpx2.AsyncClient
     client.get("http://payments-api.payments.svc/charge")
 
 headers = {"Authorization": f"Bearer {read_token('/var/run/secrets/tokens/payments-api-token')}"}  # any client
@@ -24,6 +24,12 @@ check interval: a rotated token is sent from the very next request. The file is 
 once per rotation) on the calling thread, also under `httpx.AsyncClient`: a local `stat` is cheaper than a
 hop to a worker thread, so the async flow does not use one.
 
+httpx2 (the Pydantic-maintained fork of httpx 0.28.1) has its own `httpx2.Auth` class, not `httpx.Auth`, and its
+clients refuse any other object as `auth=` except a callable `(request) -> request`, which they wrap in
+`httpx2.FunctionAuth` (run by both `Client` and `AsyncClient`). So `ServiceAccountTokenAuth` is such a callable
+as well, and this module never imports httpx2. (After `httpx2.alias_httpx()`, `httpx` *is* httpx2 and it is an
+`httpx2.Auth` subclass.)
+
 Errors: `TokenFileError` (an `OSError`) when the file is missing, unreadable, empty or does not hold a
 token. Its message names the path and the fix; the token itself is never in a message, a log or a `repr`.
 """
@@ -32,7 +38,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, MutableMapping
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -46,6 +53,14 @@ _FIX = ("mount a projected serviceAccountToken volume (with the audience the cal
 _MAX_TOKEN_FILE = 64 * 1024  # real tokens are ~1 KiB; anything this large is not a token
 
 _Signature = tuple[int, int, int, int]
+
+
+class _HasHeaders(Protocol):
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+_R = TypeVar("_R", bound=_HasHeaders)
 
 
 class TokenFileError(OSError):
@@ -125,8 +140,9 @@ class TokenFile:
 class ServiceAccountTokenAuth(httpx.Auth):
     """httpx authentication: `Authorization: Bearer <token>` from a projected service-account token file.
 
-    Works with `httpx.Client` and `httpx.AsyncClient`; one instance may be shared by threads and clients.
-    The file is `stat`ed on every request and read again only when the kubelet rotated it.
+    Works with `httpx.Client` and `httpx.AsyncClient` (as an `httpx.Auth`), and with `httpx2.Client` and
+    `httpx2.AsyncClient` (as a callable that sets the header); one instance may be shared by threads and
+    clients. The file is `stat`ed on every request and read again only when the kubelet rotated it.
 
     Args:
         path: the token file; default `DEFAULT_TOKEN_PATH` (the pod's own API-server token).
@@ -146,9 +162,18 @@ class ServiceAccountTokenAuth(httpx.Auth):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(path={self.path!r})"
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def __call__(self, request: _R) -> _R:
+        """Set `Authorization: Bearer <token>` on `request` and return it: the callable form of `auth=` that
+        httpx2 clients accept (they wrap it in `httpx2.FunctionAuth`).
+
+        Raises:
+            TokenFileError: the file is missing, unreadable, empty or not a token.
+        """
         request.headers["Authorization"] = f"Bearer {self.token_file.token()}"
-        yield request
+        return request
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield self(request)
 
 
 _files: dict[str, TokenFile] = {}

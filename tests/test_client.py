@@ -1,14 +1,18 @@
-"""ServiceAccountTokenAuth and read_token: real httpx requests (sync and async) to servers on 127.0.0.1."""
+"""ServiceAccountTokenAuth and read_token: real httpx and httpx2 requests (sync and async) to servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -253,6 +257,88 @@ def test_read_token_follows_rotation(tmp_path: Path) -> None:
 def test_read_token_errors(tmp_path: Path) -> None:
     with pytest.raises(TokenFileError, match="absent"):
         read_token(tmp_path / "absent")
+
+
+# -- httpx2 ----------------------------------------------------------------------------------------
+
+
+def test_httpx2_auth_is_another_class() -> None:
+    """Why `ServiceAccountTokenAuth` is also callable: httpx2 clients take only their own `Auth`, or a callable."""
+    assert httpx2.Auth is not httpx.Auth and not isinstance(ServiceAccountTokenAuth(), httpx2.Auth)
+    assert isinstance(httpx2.Client(auth=ServiceAccountTokenAuth()).auth, httpx2.FunctionAuth)
+
+
+def test_httpx2_stays_optional() -> None:
+    """Installed or not, the core never imports httpx2: its runtime dependency is httpx."""
+    code = "import sys, k8s_jwt_auth, k8s_jwt_auth.client; print(sorted(m for m in sys.modules if 'httpx' in m))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "httpx2" not in proc.stdout and "'httpx'" in proc.stdout
+
+
+def test_httpx2_client_sends_the_token_and_follows_rotation(tmp_path: Path, echo: str) -> None:
+    volume = KubeletVolume(tmp_path, TOKEN_A)
+    auth = ServiceAccountTokenAuth(volume.path)
+    with httpx2.Client(auth=auth, timeout=5) as client:
+        assert client.get(echo).json() == {"authorization": f"Bearer {TOKEN_A}"}
+        assert client.get(echo).json() == {"authorization": f"Bearer {TOKEN_A}"}
+        volume.write(TOKEN_B)
+        assert client.get(echo).json() == {"authorization": f"Bearer {TOKEN_B}"}
+    assert auth.token_file.reads == 2
+
+
+@pytest.mark.anyio
+async def test_httpx2_async_client_sends_the_token_and_follows_rotation(tmp_path: Path, echo: str) -> None:
+    volume = KubeletVolume(tmp_path, TOKEN_A)
+    auth = ServiceAccountTokenAuth(volume.path)
+    async with httpx2.AsyncClient(auth=auth, timeout=5) as client:
+        assert (await client.get(echo)).json() == {"authorization": f"Bearer {TOKEN_A}"}
+        volume.write(TOKEN_B)
+        assert (await client.get(echo)).json() == {"authorization": f"Bearer {TOKEN_B}"}
+    assert auth.token_file.reads == 2
+
+
+@pytest.mark.anyio
+async def test_httpx2_clients_pass_token_file_errors_through(tmp_path: Path, echo: str) -> None:
+    auth = ServiceAccountTokenAuth(tmp_path / "absent")
+    with httpx2.Client(auth=auth, timeout=5) as client, pytest.raises(TokenFileError, match="absent"):
+        client.get(echo)
+    async with httpx2.AsyncClient(auth=auth, timeout=5) as aclient:
+        with pytest.raises(TokenFileError, match="absent"):
+            await aclient.get(echo)
+
+
+def test_one_auth_serves_httpx_and_httpx2_clients(tmp_path: Path, echo: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN_A)
+    auth = ServiceAccountTokenAuth(path)
+    with httpx.Client(auth=auth, timeout=5) as old, httpx2.Client(auth=auth, timeout=5) as new:
+        assert sent(old, echo) == new.get(echo).json()["authorization"] == f"Bearer {TOKEN_A}"
+    assert auth.token_file.reads == 1
+
+
+def test_the_whole_library_runs_on_httpx2_after_alias_httpx(tmp_path: Path, echo: str) -> None:
+    """`httpx2.alias_httpx()` before the first `import httpx`: the core's fetches and the auth use httpx2."""
+    path = tmp_path / "token"
+    path.write_text(TOKEN_A)
+    script = textwrap.dedent(f"""
+        import sys
+        import httpx2
+        httpx2.alias_httpx()
+
+        from k8s_jwt_auth import TokenVerifier, VerifierConfig
+        from k8s_jwt_auth.client import ServiceAccountTokenAuth
+        from k8s_jwt_auth.testing import FakeIssuer
+
+        assert sys.modules["httpx"] is httpx2 and issubclass(ServiceAccountTokenAuth, httpx2.Auth)
+        with httpx2.Client(auth=ServiceAccountTokenAuth({str(path)!r}), timeout=5) as client:
+            print(client.get({echo!r}).json()["authorization"])
+        with FakeIssuer() as issuer:
+            verifier = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
+            print(verifier.verify(issuer.mint("payments", "api")).username, issuer.jwks_fetches)
+    """)
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"Bearer {TOKEN_A}", "system:serviceaccount:payments:api 1"]
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`Policy`: which verified workloads may call.
 
 Rules match namespace, service account and pod name with glob patterns (`fnmatch`, case-sensitive),
-optionally only for some audiences and with conditions on raw claims. Evaluation:
+optionally only for some audiences and with conditions on raw claims. A pattern that no valid (lower-case,
+DNS-1123) Kubernetes name can match is refused when the rule is built. Evaluation:
 
 1. a matching **deny** rule denies (deny wins over allow);
 2. else a matching **allow** rule allows;
@@ -27,7 +28,15 @@ from .identity import WorkloadIdentity
 
 __all__ = ["Decision", "Policy", "Rule"]
 
-_PATTERN = re.compile(r"[A-Za-z0-9*?.\-\[\]!]+")
+# Kubernetes names are lower-case: a namespace is an RFC 1123 label, a service account or pod name an RFC 1123
+# subdomain. A pattern that no such name can match (`Kube-System/*`) would be a rule that silently never applies.
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_NAMES = {"namespace": (re.compile(_LABEL), 63, "a DNS-1123 label: lower-case letters, digits and '-'"),
+          "service_account": (re.compile(rf"{_LABEL}(?:\.{_LABEL})*"), 253,
+                              "a DNS-1123 subdomain: lower-case letters, digits, '-' and '.'"),
+          "pod": (re.compile(rf"{_LABEL}(?:\.{_LABEL})*"), 253,
+                  "a DNS-1123 subdomain: lower-case letters, digits, '-' and '.'")}
+_GLOB_PART = re.compile(r"\[!?[^\[\]]+\]|[*?]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,8 +66,9 @@ class Rule:
             raise ConfigurationError(f"rule effect must be 'allow' or 'deny', not {self.effect!r}")
         for name in ("namespace", "service_account", "pod"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _PATTERN.fullmatch(value):
-                raise ConfigurationError(f"rule {name} pattern {value!r} is not a glob over Kubernetes names")
+            problem = _pattern_problem(value, name)
+            if problem is not None:
+                raise ConfigurationError(f"the {name.replace('_', ' ')} pattern {value!r} {problem}")
         object.__setattr__(self, "audiences", tuple(self.audiences))
 
     @classmethod
@@ -75,7 +85,10 @@ class Rule:
             raise ConfigurationError(f"policy rule {text!r} is not NAMESPACE/SERVICEACCOUNT[/POD] "
                                      "(e.g. payments/*, */api, !kube-system/*)")
         pod = parts[2] if len(parts) == 3 else "*"
-        return cls(namespace=parts[0], service_account=parts[1], pod=pod, effect=effect)
+        try:
+            return cls(namespace=parts[0], service_account=parts[1], pod=pod, effect=effect)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"policy rule {text!r}: {exc.message}") from None
 
     def __str__(self) -> str:
         """The compact form, followed by any audience and claim conditions: `payments/* [aud=payments-api]`."""
@@ -96,6 +109,27 @@ class Rule:
         if self.audiences and set(self.audiences).isdisjoint(identity.audiences):
             return False
         return all(_claim_matches(identity.claims, path, pattern) for path, pattern in self.claims.items())
+
+
+def _pattern_problem(value: object, name: str) -> str | None:
+    """Why `value` is not a glob that some valid Kubernetes `name` could match, or `None` if it is."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    regex, longest, kind = _NAMES[name]
+    if value != value.lower():
+        return f"has upper-case letters, so it can never match: Kubernetes names are lower-case ({kind})"
+    literal = _GLOB_PART.sub("", value)
+    if value == literal:  # no wildcard: it must be a name itself
+        if len(value) > longest or not regex.fullmatch(value):
+            return f"can never match: a {name.replace('_', ' ')} is {kind}, at most {longest} characters"
+        return None
+    allowed = "-a-z0-9" if name == "namespace" else "-a-z0-9."
+    if re.fullmatch(f"[{allowed}]*", literal) is None:
+        return f"can never match: it has characters no {name.replace('_', ' ')} has ({kind}; wildcards * ? [...])"
+    for part in re.findall(r"\[!?([^\[\]]+)\]", value):
+        if re.fullmatch(f"[{allowed}]+", part) is None:
+            return f"has a [...] class with characters no {name.replace('_', ' ')} has ({kind})"
+    return None
 
 
 def _claim_matches(claims: Mapping[str, Any], path: str, pattern: str) -> bool:

@@ -32,7 +32,6 @@ def test_no_rules_allows_every_verified_workload() -> None:
         ("*/api", "orders", "api-v2", False, None),
         ("pay*/work?r", "payments", "worker", True, "pay*/work?r"),
         ("payments/[a-w]*", "payments", "worker", True, "payments/[a-w]*"),
-        ("Payments/*", "payments", "worker", False, None),  # case-sensitive, as Kubernetes names are
         ("*/*,!kube-system/*", "kube-system", "coredns", False, "!kube-system/*"),
         ("*/*,!kube-system/*", "default", "web", True, "*/*"),
         ("!kube-system/*", "default", "web", True, None),  # only deny rules: allow unless denied
@@ -124,3 +123,47 @@ def test_verifier_takes_a_policy_object() -> None:
                             allow=["other/*"])
     assert TokenVerifier(config, policy=policy).policy is policy
     assert TokenVerifier(config).policy == Policy(["other/*"])
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ("*/*,!Kube-System/*", "namespace"),  # the attack: a deny rule that never matches lower-case kube-system
+    ("Payments/*", "namespace"),
+    ("*/Worker", "service account"),
+    ("*/[A-Z]*", "service account"),
+    ("frontend/web/Web-*", "pod"),
+    ("a.b/*", "namespace"),  # namespaces have no dots
+    ("-payments/*", "namespace"),
+    ("payments/worker_1", "service account"),
+    ("pay[/x", "namespace"),  # an unclosed [ is a literal in fnmatch: never in a name
+    ("ns!/x", "namespace"),
+    ("*/" + "a" * 254, "service account"),
+    ("payments/*_*", "service account"),
+    ("payments/[_x]*", "service account"),
+])
+def test_a_rule_that_can_never_match_is_refused_naming_it(spec: str, field: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Policy.parse(spec)
+    bad = next(r for r in spec.split(",") if not _parses(r))
+    assert f"policy rule {bad!r}" in caught.value.message and f"the {field} pattern" in caught.value.message
+
+
+def _parses(rule: str) -> bool:
+    try:
+        Rule.parse(rule)
+    except ConfigurationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("spec", ["payments/*", "!kube-system/*", "*/api", "pay*/work?r", "payments/[a-w]*",
+                                  "pay[!x]*/w?", "[a-c]*/x", "ns/sa.with.dots", "frontend/web/web-*.v2",
+                                  "*/*/web-[0-9]*", "a/" + "b" * 253])
+def test_globs_over_valid_names_are_accepted(spec: str) -> None:
+    assert str(Policy.parse(spec).rules[0]) == spec
+
+
+def test_rule_objects_are_checked_too() -> None:
+    with pytest.raises(ConfigurationError, match="the namespace pattern 'Kube-System'"):
+        Rule(namespace="Kube-System", effect="deny")
+    with pytest.raises(ConfigurationError, match="the pod pattern"):
+        Rule(pod="")

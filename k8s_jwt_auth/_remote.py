@@ -40,7 +40,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -49,7 +49,7 @@ import httpx
 from ._validate import seconds, whole_number
 from .config import _is_loopback
 from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable
-from .keys import KeySet, VerificationKey
+from .keys import DEFAULT_MAX_KEYS, KeySet, VerificationKey
 
 if TYPE_CHECKING:
     from ._observer import Observer
@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("k8s_jwt_auth.keys")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 ACCEPT_DISCOVERY = "application/json"
 ACCEPT_JWKS = "application/jwk-set+json, application/json"  # kube-apiserver answers 406 to application/json alone
@@ -156,6 +158,7 @@ class JwksFetcher:
             3 × timeout even if the server trickles bytes.
         allow_insecure_http: allow plain http to hosts other than loopback.
         max_response_size: bodies larger than this many bytes are refused.
+        max_keys: a JWKS with more keys than this is refused whole (Kubernetes publishes a handful).
 
     Raises:
         ConfigurationError: for a URL that is not https (or loopback http), a bad timeout or CA file.
@@ -172,8 +175,10 @@ class JwksFetcher:
         timeout: float = 5.0,
         allow_insecure_http: bool = False,
         max_response_size: int = 1024 * 1024,
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
         timeout = seconds(timeout, "timeout", positive=True, setting="TIMEOUT")
+        self.max_keys = whole_number(max_keys, "max_keys", minimum=1, setting="MAX_KEYS")
         max_response_size = whole_number(max_response_size, "max_response_size", minimum=1024)
         self.issuer = issuer
         self.jwks_uri = jwks_uri
@@ -220,11 +225,11 @@ class JwksFetcher:
         async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
             while True:
                 response = await self._get_async(client, request)
-                try:
-                    request = flow.send(response)
-                except StopIteration as done:
-                    result: FetchResult = done.value
-                    return result
+                done, step = await _advance_async(flow, response, len(response.body))
+                if done:
+                    assert isinstance(step, FetchResult)  # noqa: S101 - what the flow returns
+                    return step
+                request = step
 
     # -- the flow, written once ------------------------------------------------------------------
 
@@ -235,7 +240,7 @@ class JwksFetcher:
             discovery = yield _Request(self.discovery_url, ACCEPT_DISCOVERY, auth)
             jwks_uri = self._read_discovery(discovery)
         response = yield _Request(jwks_uri, ACCEPT_JWKS, auth)
-        keys = _read_jwks(response)
+        keys = _read_jwks(response, self.max_keys)
         return FetchResult(self.issuer, jwks_uri, self.jwks_uri is None, keys, _cache_max_age(response.headers),
                            document=response.body)
 
@@ -273,6 +278,27 @@ class JwksFetcher:
     async def _get_async(self, client: httpx.AsyncClient, request: _Request) -> _Response:
         return await exchange_async(client, "GET", request.url, headers=_headers(request),
                                     limit=self.max_response_size, timeout=self.timeout)
+
+
+_LARGE_DOCUMENT = 64 * 1024  # bytes; a Kubernetes JWKS is about 1 KiB
+
+
+async def _advance_async(flow: Generator[_T, Any, _R], answer: object, size: int) -> tuple[bool, Any]:
+    """Send `answer` into a flow: `(False, next request)` or `(True, its result)`.
+
+    The flow parses what it is sent (JSON, keys). An answer larger than `_LARGE_DOCUMENT` is parsed in a
+    worker thread, so that a hostile issuer's megabyte document never holds the event loop.
+    """
+    if size > _LARGE_DOCUMENT:
+        return await asyncio.to_thread(_advance, flow, answer)
+    return _advance(flow, answer)
+
+
+def _advance(flow: Generator[_T, Any, _R], answer: object) -> tuple[bool, Any]:
+    try:
+        return False, flow.send(answer)
+    except StopIteration as done:  # returned as a value: StopIteration cannot cross a Future
+        return True, done.value
 
 
 def exchange(client: httpx.Client, method: str, url: str, *, headers: dict[str, str], limit: int, timeout: float,
@@ -419,10 +445,10 @@ def _json(response: _Response, what: str) -> object:
                          url=response.url) from exc
 
 
-def _read_jwks(response: _Response) -> KeySet:
+def _read_jwks(response: _Response, max_keys: int) -> KeySet:
     _check_status(response, ACCEPT_JWKS)
     try:
-        keys = KeySet.from_jwks(_json(response, "JWKS"))
+        keys = KeySet.from_jwks(_json(response, "JWKS"), max_keys=max_keys)
     except ValueError as exc:
         raise FetchError("bad_json", f"the answer from {response.url} is not a JWKS: {exc}", url=response.url) from exc
     if not len(keys):
@@ -544,10 +570,11 @@ class SharedJwksFetcher:
         flow = self._flow()
         op = next(flow)
         while True:
-            try:
-                op = flow.send(await self._step_async(op))
-            except StopIteration as done:
-                return _outcome(done.value)
+            answer = await self._step_async(op)
+            done, step = await _advance_async(flow, answer, len(answer) if isinstance(answer, bytes) else 0)
+            if done:
+                return _outcome(step)
+            op = step
 
     # -- the flow, written once ------------------------------------------------------------------
 
@@ -591,7 +618,7 @@ class SharedJwksFetcher:
             if fetched_at <= self._seen:
                 return None
         try:
-            keys = KeySet.from_jwks(document)
+            keys = KeySet.from_jwks(document, max_keys=self.fetcher.max_keys)
         except ValueError:
             return None
         if not len(keys):
@@ -750,6 +777,7 @@ class RemoteKeySource:
         max_stale: seconds past their max age that keys are still served while refreshes fail.
         allow_insecure_http: allow plain http to hosts other than loopback.
         max_response_size: the largest accepted response body, in bytes.
+        max_keys: the most keys accepted in one JWKS document; a larger document is refused whole.
         clock: monotonic seconds (`time.monotonic`); inject a fake one in tests.
         observer: told the outcome of every fetch (`on_fetch`); a `TokenVerifier` given an observer sets it
             when it is `None`.
@@ -774,6 +802,7 @@ class RemoteKeySource:
         max_stale: float = 3600.0,
         allow_insecure_http: bool = False,
         max_response_size: int = 1024 * 1024,
+        max_keys: int = DEFAULT_MAX_KEYS,
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
         shared: SharedStore | None = None,
@@ -784,7 +813,7 @@ class RemoteKeySource:
         max_stale = seconds(max_stale, "max_stale", setting="MAX_STALE")
         self.fetcher = JwksFetcher(issuer, jwks_uri=jwks_uri, ca_file=ca_file, ssl_context=ssl_context,
                                    token_file=token_file, timeout=timeout, allow_insecure_http=allow_insecure_http,
-                                   max_response_size=max_response_size)
+                                   max_response_size=max_response_size, max_keys=max_keys)
         self._cache_max_age, self._cooldown, self._max_stale = cache_max_age, cooldown, max_stale
         self.shared = shared
         self._via: JwksFetcher | SharedJwksFetcher = self.fetcher if shared is None else SharedJwksFetcher(
@@ -816,7 +845,7 @@ class RemoteKeySource:
                    token_file=config.token_file, timeout=config.timeout, cache_max_age=config.cache_max_age,
                    cooldown=config.cooldown, max_stale=config.max_stale,
                    allow_insecure_http=config.allow_insecure_http, max_response_size=config.max_response_size,
-                   clock=clock, shared=shared)
+                   max_keys=config.max_keys, clock=clock, shared=shared)
 
     def __repr__(self) -> str:
         return f"RemoteKeySource(issuer={self.fetcher.issuer!r}, jwks_uri={self.fetcher.jwks_uri!r})"

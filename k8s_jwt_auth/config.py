@@ -26,6 +26,7 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `COOLDOWN` | `cooldown` | seconds |
 | `MAX_STALE` | `max_stale` | seconds |
 | `ALLOW_INSECURE_HTTP` | `allow_insecure_http` | bool |
+| `MAX_KEYS` | `max_keys` | keys accepted in one JWKS document (default 100; a larger document is refused) |
 | `TOKEN_CACHE_SIZE` | `token_cache_size` | verified tokens kept (0: no cache) |
 | `TOKEN_CACHE_TTL` | `token_cache_ttl` | seconds a verified token is reused at most |
 | `CLUSTER` | `cluster` | a name for the cluster, recorded on identities |
@@ -111,6 +112,7 @@ class VerifierConfig:
     max_stale: float = 3600.0
     allow_insecure_http: bool = False
     max_response_size: int = 1024 * 1024
+    max_keys: int = 100
     token_cache_size: int = 10_000
     token_cache_ttl: float = 300.0
     cluster: str | None = None
@@ -399,7 +401,7 @@ _SECONDS = ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "toke
             "tokenreview_cache_ttl", "redis_timeout")
 _POSITIVE_SECONDS = frozenset({"timeout", "redis_timeout"})  # a call without a time limit can hang
 # integer settings and their smallest sensible value (a token cache of size 0 is off)
-_WHOLE_NUMBERS = {"max_token_size": 256, "max_response_size": 1024, "token_cache_size": 0}
+_WHOLE_NUMBERS = {"max_token_size": 256, "max_response_size": 1024, "max_keys": 1, "token_cache_size": 0}
 
 _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ISSUER": ("issuer", _identity),
@@ -424,6 +426,7 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MAX_STALE": ("max_stale", _identity),
     "ALLOW_INSECURE_HTTP": ("allow_insecure_http", _bool),
     "TOKEN_CACHE_SIZE": ("token_cache_size", _int),
+    "MAX_KEYS": ("max_keys", _int),
     "TOKEN_CACHE_TTL": ("token_cache_ttl", _identity),
     "CLUSTER": ("cluster", _opt_str),
     "TOKENREVIEW": ("tokenreview", _bool),

@@ -47,6 +47,8 @@ logger = logging.getLogger("k8s_jwt_auth.keys")
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]  # noqa: UP007 - runtime alias on 3.10
 
 MIN_RSA_BITS = 2048
+MAX_RSA_EXPONENT = 2**32  # Kubernetes keys use 65537
+DEFAULT_MAX_KEYS = 100  # keys taken from one JWKS document; Kubernetes publishes a handful
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _EC_CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
 _HASHES: dict[str, hashes.HashAlgorithm] = {
@@ -93,6 +95,7 @@ class VerificationKey:
         if isinstance(key, rsa.RSAPublicKey):
             if key.key_size < MIN_RSA_BITS:
                 raise ValueError(f"RSA key of {key.key_size} bits is too small (minimum {MIN_RSA_BITS})")
+            _check_rsa_exponent(key.public_numbers().e)
             allowed = {"RS256"}
         elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_ALGORITHMS:
             allowed = {_EC_ALGORITHMS[key.curve.name]}
@@ -150,6 +153,19 @@ class VerificationKey:
         return True
 
 
+def _short(kid: object) -> str:
+    text = repr(kid)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_rsa_exponent(e: int) -> None:
+    """Refuse exponents no real key uses: even (not invertible), below 3, or above 2**32 — a huge exponent
+    makes every signature check (so every forged token) cost milliseconds of CPU."""
+    if e < 3 or e % 2 == 0 or e > MAX_RSA_EXPONENT:
+        shown = e if e.bit_length() <= 64 else f"a {e.bit_length()}-bit number"
+        raise ValueError(f"RSA public exponent {shown} is not odd and within [3, 2**32]")
+
+
 def _b64_int(jwk: Mapping[str, Any], name: str) -> int:
     from ._jws import b64url_decode
 
@@ -175,11 +191,15 @@ class KeySet:
         self.skipped = skipped
 
     @classmethod
-    def from_jwks(cls, document: object) -> KeySet:
+    def from_jwks(cls, document: object, *, max_keys: int = DEFAULT_MAX_KEYS) -> KeySet:
         """Parse a JWKS document (a mapping, or its JSON text/bytes), skipping keys that cannot be used.
 
+        Unusable keys are counted in `skipped` and reported in ONE warning per document, whatever their
+        number. A document with more than `max_keys` entries is refused whole before any key is parsed
+        (Kubernetes publishes a handful; a hostile issuer could publish hundreds of thousands).
+
         Raises:
-            ValueError: when the document is not a JWKS (`{"keys": [...]}`).
+            ValueError: when the document is not a JWKS (`{"keys": [...]}`) or has more than `max_keys` keys.
         """
         if isinstance(document, (str, bytes, bytearray)):
             try:
@@ -188,17 +208,22 @@ class KeySet:
                 raise ValueError(f"JWKS is not JSON: {exc}") from exc
         if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
             raise ValueError('a JWKS must be a JSON object with a "keys" list')
-        keys, skipped = [], 0
-        for jwk in document["keys"]:
+        entries = document["keys"]
+        if len(entries) > max_keys:
+            raise ValueError(f"the JWKS has {len(entries)} keys, more than the {max_keys} accepted (max_keys)")
+        keys, problems = [], []
+        for jwk in entries:
             try:
                 if not isinstance(jwk, Mapping):
                     raise ValueError("not an object")
                 keys.append(VerificationKey.from_jwk(jwk))
             except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                skipped += 1
-                logger.warning("skipping unusable key %r in JWKS: %s",
-                               jwk.get("kid") if isinstance(jwk, Mapping) else None, exc)
-        return cls(keys, skipped=skipped)
+                kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
+                problems.append(f"{_short(kid)}: {str(exc)[:120]}")
+        if problems:
+            logger.warning("skipped %d unusable key(s) of %d in the JWKS: %s%s", len(problems), len(entries),
+                           "; ".join(problems[:3]), "; ..." if len(problems) > 3 else "")
+        return cls(keys, skipped=len(problems))
 
     @classmethod
     def from_pem(cls, pems: Iterable[str | bytes]) -> KeySet:
@@ -297,10 +322,10 @@ def key_source_from_config(config: VerifierConfig, *, shared: SharedStore | None
     """
     try:
         if config.jwks is not None:
-            return StaticKeySource(KeySet.from_jwks(config.jwks))
+            return StaticKeySource(KeySet.from_jwks(config.jwks, max_keys=config.max_keys))
         if config.jwks_file is not None:
             with open(config.jwks_file, "rb") as fh:
-                return StaticKeySource(KeySet.from_jwks(fh.read()))
+                return StaticKeySource(KeySet.from_jwks(fh.read(), max_keys=config.max_keys))
         if config.public_keys:
             return StaticKeySource(KeySet.from_pem(config.public_keys))
     except (OSError, ValueError, UnsupportedAlgorithm) as exc:

@@ -611,3 +611,71 @@ def test_in_cluster_config_without_a_ca_file(tmp_path: Path, k8s_issuer: FakeIss
     config = VerifierConfig.in_cluster(audiences="test", mount=str(tmp_path / "sa"))
     assert (config.issuer, config.ca_file, config.audiences) == (k8s_issuer.issuer, None, ("test",))
     assert config.token_file == str(tmp_path / "sa/token")
+
+
+# -- hostile key sets (#14 items 6, 11) ------------------------------------------------------------------
+
+
+def test_a_jwks_of_many_unusable_keys_is_refused_whole_before_parsing_any(
+    k8s_issuer: FakeIssuer, make_source: Callable[..., RemoteKeySource], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = k8s_issuer.key.public_jwk()
+    monkeypatch.setattr(k8s_issuer, "jwks", lambda: {"keys": [{}] * 300_000 + [good]})  # ~0.9 MiB of `{}`
+    caplog.set_level(logging.WARNING, logger="k8s_jwt_auth")
+    error = unavailable(make_source(), good["kid"])
+    assert "300001 keys, more than the 100 accepted" in error.message
+    assert len([r for r in caplog.records if "unusable key" in r.getMessage()]) == 0  # nothing parsed, nothing logged
+    assert make_source(max_keys=300_001).get(good["kid"], "RS256").kid == good["kid"]  # a setting, when needed
+
+
+def test_unusable_keys_are_reported_in_one_warning_per_document(
+    k8s_issuer: FakeIssuer, make_source: Callable[..., RemoteKeySource], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = k8s_issuer.key.public_jwk()
+    monkeypatch.setattr(k8s_issuer, "jwks", lambda: {"keys": [{"kid": f"k{i}"} for i in range(90)] + [good]})
+    caplog.set_level(logging.WARNING, logger="k8s_jwt_auth")
+    source = make_source()
+    assert source.get(good["kid"], "RS256").kid == good["kid"]
+    source.refresh()
+    summaries = [r.getMessage() for r in caplog.records if "unusable key" in r.getMessage()]
+    assert len(summaries) == 2  # one per fetched document, not one per key
+    assert summaries[0].startswith("skipped 90 unusable key(s) of 91 in the JWKS: 'k0': ") and "; ..." in summaries[0]
+
+
+@pytest.mark.anyio
+async def test_a_large_document_is_parsed_off_the_event_loop(
+    k8s_issuer: FakeIssuer, make_source: Callable[..., RemoteKeySource], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = k8s_issuer.key.public_jwk()
+    padded = [{"kid": "pad", "kty": "oct", "k": "A" * 200_000}, good]  # ~200 KB: parsed in a worker thread
+    monkeypatch.setattr(k8s_issuer, "jwks", lambda: {"keys": padded})
+    caplog.set_level(logging.WARNING, logger="k8s_jwt_auth.keys")
+    key = await make_source().get_async(good["kid"], "RS256")
+    assert key.kid == good["kid"]
+    parsed_in = {r.thread for r in caplog.records if "unusable key" in r.getMessage()}
+    assert parsed_in and threading.get_ident() not in parsed_in
+
+
+def _rsa_jwk_with_exponent(e: int, kid: str) -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from k8s_jwt_auth.testing import b64url
+
+    n = rsa.generate_private_key(65537, 4096).public_key().public_numbers().n
+    as_b64 = [b64url(v.to_bytes((v.bit_length() + 7) // 8, "big")) for v in (n, e)]
+    return {"kty": "RSA", "kid": kid, "n": as_b64[0], "e": as_b64[1]}
+
+
+@pytest.mark.parametrize("exponent", [2**3071 + 1, 2**32 + 1, 2**32 + 15])
+def test_rsa_keys_with_hostile_exponents_are_skipped(exponent: int) -> None:
+    from k8s_jwt_auth.keys import KeySet
+
+    # A 3072-bit exponent makes each signature check of a forged token cost ~16 ms of CPU.
+    keys = KeySet.from_jwks({"keys": [_rsa_jwk_with_exponent(exponent, "huge"),
+                                      _rsa_jwk_with_exponent(65537, "normal")]})
+    assert keys.kids == ("normal",) and keys.skipped == 1
+    with pytest.raises(ValueError, match="exponent"):
+        VerificationKey.from_jwk(_rsa_jwk_with_exponent(exponent, "huge"))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -112,9 +114,7 @@ class FakeIssuer:
     def start(self) -> FakeIssuer:
         """Start serving on a free port of 127.0.0.1. Returns self."""
         if self._server is None:
-            server_class = _QuietServer if self._tls is not None else ThreadingHTTPServer
-            self._server = server_class(("127.0.0.1", 0), _handler_for(self))
-            self._server.daemon_threads = True
+            self._server = _Server(("127.0.0.1", 0), _handler_for(self))
             if self._tls is not None:  # the handshake happens in the handler thread, on first read
                 self._server.socket = self._tls.server_context().wrap_socket(
                     self._server.socket, server_side=True, do_handshake_on_connect=False)
@@ -527,11 +527,22 @@ def _authenticated(payload: dict[str, Any], targets: tuple[str, ...]) -> dict[st
     return {"authenticated": True, "user": user, "audiences": [a for a in targets if a in token_audiences]}
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """Does not print tracebacks for failed TLS handshakes (clients that do not trust the CA)."""
+_CLIENT_GONE = (
+    ConnectionError,  # ConnectionResetError, BrokenPipeError, ConnectionAbortedError: the client went away
+    ssl.SSLError,  # TLS: an EOF mid-handshake or mid-record, or a client refusing the certificate (an alert)
+)
+
+
+class _Server(ThreadingHTTPServer):
+    """The fake issuer's server, HTTP and HTTPS alike: quiet when a client goes away (tests time out, cancel and
+    reset connections all the time), and the usual traceback on stderr for anything else, a bug in the server."""
+
+    daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
+        if isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            return
+        super().handle_error(request, client_address)
 
 
 def _handler_for(issuer: FakeIssuer) -> type[BaseHTTPRequestHandler]:
@@ -554,16 +565,13 @@ def _handler_for(issuer: FakeIssuer) -> type[BaseHTTPRequestHandler]:
             if answer is None:  # "down": drop the connection without a response
                 self.close_connection = True
                 return
-            status, headers, body = answer
-            try:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeouts in tests)
-                self.close_connection = True
+            status, headers, body = answer  # a client gone meanwhile raises here, for _Server.handle_error
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
             pass

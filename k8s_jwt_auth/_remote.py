@@ -46,10 +46,13 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
+from ._deadline import AsyncSession, Deadline, Session
 from ._validate import seconds, whole_number
 from .config import _is_loopback
 from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable
 from .keys import DEFAULT_MAX_KEYS, KeySet, VerificationKey
+
+DEFAULT_CONNECT_TIMEOUT = 2.0  # seconds; see VerifierConfig.connect_timeout
 
 if TYPE_CHECKING:
     from ._observer import Observer
@@ -154,8 +157,9 @@ class JwksFetcher:
         ca_file: PEM CA bundle to verify HTTPS servers with (default: certifi's bundle).
         ssl_context: a ready `ssl.SSLContext` (wins over `ca_file`).
         token_file: file holding a bearer token, re-read on every fetch (kubelet rotates it).
-        timeout: seconds for connecting and for each read; a whole request is also cut off after
-            3 × timeout even if the server trickles bytes.
+        timeout: seconds for each socket operation; a whole exchange (connect, status line, headers,
+            body) is cut off after 2 × timeout even if the server trickles bytes.
+        connect_timeout: seconds for connecting (at most `timeout`), so an unreachable host fails fast.
         allow_insecure_http: allow plain http to hosts other than loopback.
         max_response_size: bodies larger than this many bytes are refused.
         max_keys: a JWKS with more keys than this is refused whole (Kubernetes publishes a handful).
@@ -176,8 +180,10 @@ class JwksFetcher:
         allow_insecure_http: bool = False,
         max_response_size: int = 1024 * 1024,
         max_keys: int = DEFAULT_MAX_KEYS,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         timeout = seconds(timeout, "timeout", positive=True, setting="TIMEOUT")
+        self.connect_timeout = seconds(connect_timeout, "connect_timeout", positive=True, setting="CONNECT_TIMEOUT")
         self.max_keys = whole_number(max_keys, "max_keys", minimum=1, setting="MAX_KEYS")
         max_response_size = whole_number(max_response_size, "max_response_size", minimum=1024)
         self.issuer = issuer
@@ -205,9 +211,9 @@ class JwksFetcher:
         """
         flow = self._flow()
         request = next(flow)
-        with httpx.Client(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
+        with Session(verify=self.ssl_context, timeout=self.timeout, connect_timeout=self.connect_timeout) as session:
             while True:
-                response = self._get(client, request)
+                response = self._get(session, request)
                 try:
                     request = flow.send(response)
                 except StopIteration as done:
@@ -222,9 +228,10 @@ class JwksFetcher:
         """
         flow = self._flow()
         request = next(flow)
-        async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
+        async with AsyncSession(verify=self.ssl_context, timeout=self.timeout,
+                                connect_timeout=self.connect_timeout) as session:
             while True:
-                response = await self._get_async(client, request)
+                response = await self._get_async(session, request)
                 done, step = await _advance_async(flow, response, len(response.body))
                 if done:
                     assert isinstance(step, FetchResult)  # noqa: S101 - what the flow returns
@@ -271,12 +278,12 @@ class JwksFetcher:
 
     # -- the drivers -----------------------------------------------------------------------------
 
-    def _get(self, client: httpx.Client, request: _Request) -> _Response:
-        return exchange(client, "GET", request.url, headers=_headers(request), limit=self.max_response_size,
+    def _get(self, session: Session, request: _Request) -> _Response:
+        return exchange(session, "GET", request.url, headers=_headers(request), limit=self.max_response_size,
                         timeout=self.timeout)
 
-    async def _get_async(self, client: httpx.AsyncClient, request: _Request) -> _Response:
-        return await exchange_async(client, "GET", request.url, headers=_headers(request),
+    async def _get_async(self, session: AsyncSession, request: _Request) -> _Response:
+        return await exchange_async(session, "GET", request.url, headers=_headers(request),
                                     limit=self.max_response_size, timeout=self.timeout)
 
 
@@ -301,18 +308,19 @@ def _advance(flow: Generator[_T, Any, _R], answer: object) -> tuple[bool, Any]:
         return True, done.value
 
 
-def exchange(client: httpx.Client, method: str, url: str, *, headers: dict[str, str], limit: int, timeout: float,
+def exchange(session: Session, method: str, url: str, *, headers: dict[str, str], limit: int, timeout: float,
              content: bytes | None = None) -> _Response:
-    """Send one request and read its body, refused above `limit` bytes or after 2 × `timeout`.
+    """Send one request and read its body, with ONE deadline of 2 × `timeout` for the whole exchange (connect,
+    status line, headers, body), a body of at most `limit` bytes and no content encoding but identity.
 
     Raises:
-        FetchError: `too_large`, `timeout` or the transport failure's kind.
+        FetchError: `too_large`, `timeout`, `protocol` (an encoded body) or the transport failure's kind.
     """
-    body = _Body(url, limit, time.monotonic() + 2 * timeout)
+    body = _Body(url, limit, session.deadline, 2 * timeout)
     try:
-        with client.stream(method, url, headers=headers, content=content) as response:
+        with session.client.stream(method, url, headers=headers, content=content) as response:
             body.start(response)
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():  # raw: never inflated, whatever the server says
                 body.add(chunk)
             return body.response(response)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -320,18 +328,18 @@ def exchange(client: httpx.Client, method: str, url: str, *, headers: dict[str, 
     raise error  # not chained: the httpx error holds the request, whose body may be a token (TokenReview)
 
 
-async def exchange_async(client: httpx.AsyncClient, method: str, url: str, *, headers: dict[str, str], limit: int,
+async def exchange_async(session: AsyncSession, method: str, url: str, *, headers: dict[str, str], limit: int,
                          timeout: float, content: bytes | None = None) -> _Response:
-    """Like `exchange`, with an `httpx.AsyncClient`.
+    """Like `exchange`, without blocking the event loop.
 
     Raises:
-        FetchError: `too_large`, `timeout` or the transport failure's kind.
+        FetchError: `too_large`, `timeout`, `protocol` (an encoded body) or the transport failure's kind.
     """
-    body = _Body(url, limit, time.monotonic() + 2 * timeout)
+    body = _Body(url, limit, session.deadline, 2 * timeout)
     try:
-        async with client.stream(method, url, headers=headers, content=content) as response:
+        async with session.client.stream(method, url, headers=headers, content=content) as response:
             body.start(response)
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 body.add(chunk)
             return body.response(response)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -356,13 +364,23 @@ def bearer_header(token_file: str, what: str) -> tuple[str, str]:
 
 
 class _Body:
-    """Collects a response body, refusing it above `limit` bytes or past `deadline`."""
+    """Collects a response body, refusing it above `limit` bytes, encoded, or past the exchange's deadline.
 
-    def __init__(self, url: str, limit: int, deadline: float) -> None:
+    Creating it starts the deadline (`seconds` from now) that every socket operation of the exchange obeys.
+    """
+
+    def __init__(self, url: str, limit: int, deadline: Deadline, seconds: float) -> None:
         self.url, self.limit, self.deadline = url, limit, deadline
         self.data = bytearray()
+        deadline.start(seconds)
 
     def start(self, response: httpx.Response) -> None:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # We ask for identity; a compressed answer could inflate far past `limit` (a 605-byte gzip bomb
+            # grew a process by 500 MiB), so it is refused unread rather than decoded.
+            raise FetchError("protocol", f"{self.url} answered with Content-Encoding {encoding[:40]!r} although "
+                                         "only identity was accepted", url=self.url)
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.limit:
             raise self._too_large()
@@ -371,7 +389,7 @@ class _Body:
         self.data += chunk
         if len(self.data) > self.limit:
             raise self._too_large()
-        if time.monotonic() > self.deadline:
+        if time.monotonic() > self.deadline.at:
             raise FetchError("timeout", f"{self.url} is sending its answer too slowly", url=self.url)
 
     def response(self, response: httpx.Response) -> _Response:
@@ -770,7 +788,8 @@ class RemoteKeySource:
         ca_file: PEM CA bundle for HTTPS (the cluster CA); loaded once into an `ssl.SSLContext`.
         ssl_context: a ready `ssl.SSLContext` (wins over `ca_file`).
         token_file: bearer token file for the fetches, re-read on each fetch; never logged.
-        timeout: seconds for connecting and for each read (see `JwksFetcher`).
+        timeout: seconds for each socket operation; 2 × timeout for a whole exchange (see `JwksFetcher`).
+        connect_timeout: seconds for connecting (at most `timeout`).
         cache_max_age: the most seconds keys are used before a refetch (`Cache-Control` may lower it,
             not below 60 s).
         cooldown: the fewest seconds between two refetches caused by unknown `kid`s.
@@ -803,6 +822,7 @@ class RemoteKeySource:
         allow_insecure_http: bool = False,
         max_response_size: int = 1024 * 1024,
         max_keys: int = DEFAULT_MAX_KEYS,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
         shared: SharedStore | None = None,
@@ -813,7 +833,8 @@ class RemoteKeySource:
         max_stale = seconds(max_stale, "max_stale", setting="MAX_STALE")
         self.fetcher = JwksFetcher(issuer, jwks_uri=jwks_uri, ca_file=ca_file, ssl_context=ssl_context,
                                    token_file=token_file, timeout=timeout, allow_insecure_http=allow_insecure_http,
-                                   max_response_size=max_response_size, max_keys=max_keys)
+                                   max_response_size=max_response_size, max_keys=max_keys,
+                                   connect_timeout=connect_timeout)
         self._cache_max_age, self._cooldown, self._max_stale = cache_max_age, cooldown, max_stale
         self.shared = shared
         self._via: JwksFetcher | SharedJwksFetcher = self.fetcher if shared is None else SharedJwksFetcher(
@@ -845,7 +866,7 @@ class RemoteKeySource:
                    token_file=config.token_file, timeout=config.timeout, cache_max_age=config.cache_max_age,
                    cooldown=config.cooldown, max_stale=config.max_stale,
                    allow_insecure_http=config.allow_insecure_http, max_response_size=config.max_response_size,
-                   max_keys=config.max_keys, clock=clock, shared=shared)
+                   max_keys=config.max_keys, connect_timeout=config.connect_timeout, clock=clock, shared=shared)
 
     def __repr__(self) -> str:
         return f"RemoteKeySource(issuer={self.fetcher.issuer!r}, jwks_uri={self.fetcher.jwks_uri!r})"

@@ -21,7 +21,8 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `ALLOW_LEGACY_TOKENS` | `allow_legacy_tokens` | bool |
 | `REQUIRE_POD_BINDING` | `require_pod_binding` | bool |
 | `TRUST_DOMAIN` | `trust_domain` | string |
-| `TIMEOUT` | `timeout` | seconds |
+| `TIMEOUT` | `timeout` | seconds for each socket operation; 2 × for a whole HTTP exchange |
+| `CONNECT_TIMEOUT` | `connect_timeout` | seconds for connecting to the issuer or API server (at most `TIMEOUT`) |
 | `CACHE_MAX_AGE` | `cache_max_age` | seconds |
 | `COOLDOWN` | `cooldown` | seconds |
 | `MAX_STALE` | `max_stale` | seconds |
@@ -107,6 +108,7 @@ class VerifierConfig:
     require_pod_binding: bool = False
     trust_domain: str = "cluster.local"
     timeout: float = 5.0
+    connect_timeout: float = 2.0
     cache_max_age: float = 600.0
     cooldown: float = 30.0
     max_stale: float = 3600.0
@@ -397,9 +399,9 @@ def _float_or_none(value: object) -> float | None:
     return None if value in (None, "") else _number(value, "MAX_TOKEN_AGE")
 
 
-_SECONDS = ("leeway", "timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl",
+_SECONDS = ("leeway", "timeout", "connect_timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl",
             "tokenreview_cache_ttl", "redis_timeout")
-_POSITIVE_SECONDS = frozenset({"timeout", "redis_timeout"})  # a call without a time limit can hang
+_POSITIVE_SECONDS = frozenset({"timeout", "connect_timeout", "redis_timeout"})  # no time limit can hang a call
 # integer settings and their smallest sensible value (a token cache of size 0 is off)
 _WHOLE_NUMBERS = {"max_token_size": 256, "max_response_size": 1024, "max_keys": 1, "token_cache_size": 0}
 
@@ -421,6 +423,7 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "REQUIRE_POD_BINDING": ("require_pod_binding", _bool),
     "TRUST_DOMAIN": ("trust_domain", _identity),
     "TIMEOUT": ("timeout", _identity),
+    "CONNECT_TIMEOUT": ("connect_timeout", _identity),
     "CACHE_MAX_AGE": ("cache_max_age", _identity),
     "COOLDOWN": ("cooldown", _identity),
     "MAX_STALE": ("max_stale", _identity),

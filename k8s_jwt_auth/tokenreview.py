@@ -58,10 +58,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Union, cast
 
-import httpx
 from cachetools import TTLCache
 
+from ._deadline import AsyncSession, Session
 from ._remote import (
+    DEFAULT_CONNECT_TIMEOUT,
     FetchError,
     FetchErrorKind,
     _Response,
@@ -338,7 +339,10 @@ class TokenReviewer:
             sent as `Authorization: Bearer`, re-read on every request (the kubelet rotates it).
         ca_file: PEM CA bundle that signed the API server's certificate (the cluster CA `ca.crt`).
         ssl_context: a ready `ssl.SSLContext` (wins over `ca_file`).
-        timeout: seconds for connecting and for each read; a request is cut off after 3 × timeout overall.
+        timeout: seconds for each socket operation; a whole request (connect, status line, headers, body) is
+            cut off after 2 × timeout.
+        connect_timeout: seconds for connecting (at most `timeout`): an unreachable API server fails fast, so
+            the fail-closed or fallback decision comes quickly.
         cache_ttl: seconds an answer is reused at most (never beyond the token's expiry); 0 turns caching
             (local and shared) off, and then every call sends its own request.
         cache_size: the most answers kept in the local cache.
@@ -370,6 +374,7 @@ class TokenReviewer:
         clock: Callable[[], float] | None = None,
         shared: SharedStore | None = None,
         max_response_size: int = 1024 * 1024,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         problem = _url_problem(url, allow_insecure_http)
         if problem is not None:
@@ -380,6 +385,7 @@ class TokenReviewer:
         self.review_url = self.url + REVIEW_PATH
         self.token_file = token_file
         self.timeout = float(timeout)
+        self.connect_timeout = seconds(connect_timeout, "connect_timeout", positive=True, setting="CONNECT_TIMEOUT")
         self.cache_ttl = float(cache_ttl)
         self.fallback_to_local = fallback_to_local
         self.shared = shared if self.cache_ttl > 0 else None
@@ -408,7 +414,7 @@ class TokenReviewer:
     ) -> TokenReviewer:
         """The reviewer a `VerifierConfig` describes (`tokenreview_url`, `tokenreview_cache_ttl`,
         `tokenreview_fallback`, and the shared `audiences`, `token_file`, `ca_file`, `timeout`,
-        `allow_insecure_http`, `max_response_size`).
+        `connect_timeout`, `allow_insecure_http`, `max_response_size`).
 
         Raises:
             ConfigurationError: when the URL is not acceptable or the CA file cannot be loaded.
@@ -417,7 +423,7 @@ class TokenReviewer:
                    ca_file=config.ca_file, ssl_context=ssl_context, timeout=config.timeout,
                    cache_ttl=config.tokenreview_cache_ttl, fallback_to_local=config.tokenreview_fallback,
                    allow_insecure_http=config.allow_insecure_http, clock=clock, shared=shared,
-                   max_response_size=config.max_response_size)
+                   max_response_size=config.max_response_size, connect_timeout=config.connect_timeout)
 
     def __repr__(self) -> str:
         return (f"TokenReviewer(url={self.url!r}, audiences={self.audiences!r}, cache_ttl={self.cache_ttl:g}, "
@@ -736,17 +742,18 @@ class TokenReviewer:
 
     def _post(self, op: _Post) -> _Response | FetchError:
         try:
-            with httpx.Client(verify=self.ssl_context, timeout=self.timeout, follow_redirects=False) as client:
-                return exchange(client, "POST", op.url, headers=dict(op.headers), content=op.body,
+            with Session(verify=self.ssl_context, timeout=self.timeout,
+                         connect_timeout=self.connect_timeout) as session:
+                return exchange(session, "POST", op.url, headers=dict(op.headers), content=op.body,
                                 limit=self.max_response_size, timeout=self.timeout)
         except FetchError as exc:
             return exc
 
     async def _post_async(self, op: _Post) -> _Response | FetchError:
         try:
-            async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout,
-                                         follow_redirects=False) as client:
-                return await exchange_async(client, "POST", op.url, headers=dict(op.headers), content=op.body,
+            async with AsyncSession(verify=self.ssl_context, timeout=self.timeout,
+                                    connect_timeout=self.connect_timeout) as session:
+                return await exchange_async(session, "POST", op.url, headers=dict(op.headers), content=op.body,
                                             limit=self.max_response_size, timeout=self.timeout)
         except FetchError as exc:
             return exc

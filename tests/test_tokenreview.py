@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -926,6 +926,7 @@ def test_an_unavailable_review_carries_no_token_in_its_error_chain(
 
 
 def test_a_failed_exchange_is_not_chained_to_the_request_it_sent() -> None:
+    from k8s_jwt_auth._deadline import AsyncSession, Session
     from k8s_jwt_auth._remote import FetchError, exchange, exchange_async
 
     with socket.socket() as sock:
@@ -934,11 +935,11 @@ def test_a_failed_exchange_is_not_chained_to_the_request_it_sent() -> None:
     body = b'{"spec":{"token":"eyJhbGciOiJSUzI1NiJ9.secret-payload.signature"}}'
 
     async def post_async() -> None:
-        async with httpx.AsyncClient() as client:
-            await exchange_async(client, "POST", url, headers={}, content=body, limit=1024, timeout=1.0)
+        async with AsyncSession(verify=ssl.create_default_context(), timeout=1.0) as session:
+            await exchange_async(session, "POST", url, headers={}, content=body, limit=1024, timeout=1.0)
 
-    with pytest.raises(FetchError) as sync_error, httpx.Client() as client:
-        exchange(client, "POST", url, headers={}, content=body, limit=1024, timeout=1.0)
+    with pytest.raises(FetchError) as sync_error, Session(verify=ssl.create_default_context(), timeout=1.0) as session:
+        exchange(session, "POST", url, headers={}, content=body, limit=1024, timeout=1.0)
     with pytest.raises(FetchError) as async_error:
         asyncio.run(post_async())
     for caught in (sync_error, async_error):

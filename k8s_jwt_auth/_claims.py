@@ -55,9 +55,15 @@ def numeric_date(payload: Mapping[str, Any], claim: str) -> float | None:
     value = payload.get(claim)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _malformed(claim, "a number of seconds")
-    return float(value)
+    try:
+        seconds = float(value)  # an int beyond a double (10**400) overflows here, not later
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise _malformed(claim, "a number of seconds")
+    return seconds
 
 
 def to_datetime(seconds: float | None, claim: str) -> datetime | None:

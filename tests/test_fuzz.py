@@ -128,3 +128,15 @@ def test_validly_signed_arbitrary_claims(verifier: TokenVerifier, rsa_key: Signi
                                          claims: dict[str, object]) -> None:
     """The signature is good, so every claim check runs against hostile values."""
     _raises_only_auth_error(verifier, sign(rsa_key, claims))
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**309])
+def test_a_signed_time_claim_beyond_a_double_is_malformed_not_a_crash(
+    verifier: TokenVerifier, rsa_key: SigningKey, claim: str, value: int,
+) -> None:
+    claims = {"iss": TEST_ISSUER, "aud": "test", "sub": "system:serviceaccount:a:b", "exp": NOW + 60, "iat": NOW - 1,
+              "kubernetes.io": {"namespace": "a", "serviceaccount": {"name": "b", "uid": "u"}}, claim: value}
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(sign(rsa_key, claims))
+    assert (caught.value.reason, caught.value.claim) == ("malformed", claim)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from k8s_jwt_auth import AuthError, Decision, KeySetUnavailable, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._jws import fingerprint
-from k8s_jwt_auth.audit import audit_allowed, audit_refused
+from k8s_jwt_auth.audit import audit_allowed, audit_refused, printable
 from k8s_jwt_auth.errors import ConfigurationError
 from k8s_jwt_auth.identity import WorkloadIdentity
 
@@ -131,6 +131,6 @@ def log_rejection(logger: logging.Logger, exc: AuthError, *, path: str, kind: st
     Also emits the request's one audit record (`denied_policy`, `rejected_token` or `unavailable`).
     """
     level = logging.WARNING if isinstance(exc, KeySetUnavailable) else logging.INFO
-    logger.log(level, "rejected %s %s: %s %s: %s (token %s)", kind, path, exc.status_code, exc.reason, exc.message,
-               fingerprint(token) if token else "-")
+    logger.log(level, "rejected %s %s: %s %s: %s (token %s)", kind, printable(path), exc.status_code, exc.reason,
+               printable(exc.message), fingerprint(token) if token else "-")
     audit_refused(exc, token=token, path=path, method=method, transport=kind)

@@ -50,6 +50,7 @@ __all__ = [
     "audit_refused",
     "configure_audit",
     "emit",
+    "printable",
 ]
 
 AUDIT_LOGGER = logging.getLogger("k8s_jwt_auth.audit")
@@ -111,11 +112,27 @@ class AuditRecord:
 
     @property
     def message(self) -> str:
-        """A one-line human summary: `denied_policy 403 policy_denied GET /charge payments/api (token …)`."""
+        """A one-line human summary: `denied_policy 403 policy_denied GET /charge payments/api (token …)`.
+
+        Request-derived fields are passed through `printable`, so a path such as `/whoami%0d%0a...` cannot
+        start a forged line in a plain-text log.
+        """
         who = f"{self.namespace}/{self.service_account}" if self.namespace is not None else "-"
-        where = f"{self.method or '-'} {self.path or '-'}"
+        where = f"{printable(self.method or '-')} {printable(self.path or '-')}"
         status = self.status if self.status is not None else "-"
         return f"{self.decision} {status} {self.reason} {where} {who} (token {self.token_fingerprint or '-'})"
+
+
+def printable(text: str, limit: int = 512) -> str:
+    """`text` safe for one line of a plain-text log: control characters, line and paragraph separators and other
+    non-printable characters are escaped (`\\r`, `\\n`, `\\u2028`), and it is cut to `limit` characters.
+
+    Use it for every request-derived value (path, method, header-derived text) put into a log message.
+    """
+    if len(text) <= limit and text.isprintable():
+        return text
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def configure_audit(*, allowed: int | None = None, denied: int | None = None,

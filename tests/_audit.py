@@ -12,7 +12,8 @@ from k8s_jwt_auth._jws import fingerprint
 from k8s_jwt_auth.audit import AUDIT_LOGGER, JsonFormatter
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-__all__ = ["audit_dicts", "capture", "expected_allowed", "expected_refused", "json_lines", "leaks"]
+__all__ = ["FORGED_PATH", "audit_dicts", "capture", "expected_allowed", "expected_refused", "forged_lines",
+           "json_lines", "leaks"]
 
 
 def audit_dicts(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -60,3 +61,14 @@ def expected_refused(decision: str, reason: str, status: int, token: str | None,
 
 def capture(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> None:
     caplog.set_level(level, logger=AUDIT_LOGGER.name)
+
+
+# A path that, written raw into a plain-text log, would start a forged line (#14 item 7).
+FORGED_PATH = "/whoami%0d%0aWARNING k8s_jwt_auth.audit allowed 200 ok GET /admin%e2%80%a8x"
+
+
+def forged_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Messages of `k8s_jwt_auth` loggers that contain a raw line break (CR, LF, U+2028...)."""
+    breaks = ("\r", "\n", "\u2028", "\u2029", "\x85", "\x0b", "\x0c")
+    return [m for m in (r.getMessage() for r in caplog.records if r.name.startswith("k8s_jwt_auth"))
+            if any(b in m for b in breaks)]

@@ -27,7 +27,16 @@ from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
 from k8s_jwt_auth.testing import FakeIssuer
 
 from ._asgi import TestClient, UnavailableKeys, bad_tokens, bearer, static_verifier
-from ._audit import audit_dicts, capture, expected_allowed, expected_refused, json_lines, leaks
+from ._audit import (
+    FORGED_PATH,
+    audit_dicts,
+    capture,
+    expected_allowed,
+    expected_refused,
+    forged_lines,
+    json_lines,
+    leaks,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -325,3 +334,36 @@ def test_fastapi_dependency_after_the_middleware_records_only_route_rules(
         assert client.get("/payments", headers=bearer(token)).status_code == 200
     decisions = [(d["path"], d["rule"]) for d in audit_dicts(caplog)]
     assert decisions == [("/whoami", None), ("/payments", None), ("/payments", "payments/*")]
+
+
+# -- forged log lines (#14 item 7) -------------------------------------------------------------------
+
+
+def test_a_path_with_line_breaks_cannot_forge_log_lines_starlette(issuer: FakeIssuer,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="k8s_jwt_auth")
+    with starlette_client(static_verifier(issuer)) as client:
+        assert client.get(FORGED_PATH).status_code == 401
+    assert audit_dicts(caplog)[0]["path"].startswith("/whoami\r\nWARNING")  # the field keeps the real path
+    assert any("/whoami\\r\\nWARNING" in r.getMessage() for r in caplog.records)  # the message shows it escaped
+    assert forged_lines(caplog) == []
+
+
+def test_a_path_with_line_breaks_cannot_forge_log_lines_flask(issuer: FakeIssuer,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    # (FastAPI's dependencies run only for matched routes, and no route pattern matches a line break.)
+    caplog.set_level(logging.DEBUG, logger="k8s_jwt_auth")
+    flask_app = Flask(__name__)
+    flask_app.config["K8S_JWT_AUTH_ENFORCE"] = True
+    K8sJWTAuth(flask_app, verifier=static_verifier(issuer))
+    assert flask_app.test_client().get(FORGED_PATH).status_code == 401
+    assert audit_dicts(caplog)[0]["path"].startswith("/whoami\r\nWARNING")
+    assert forged_lines(caplog) == []
+
+
+def test_printable_escapes_every_line_break_and_bounds_the_length() -> None:
+    from k8s_jwt_auth.audit import printable
+
+    assert printable("/ok/path-1") == "/ok/path-1"
+    assert printable("/a\r\nb\u2028c\x85d\x00e\x1b[31m") == "/a\\r\\nb\\u2028c\\x85d\\x00e\\x1b[31m"
+    assert printable("x" * 600) == "x" * 512 + "..."

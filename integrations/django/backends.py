@@ -278,4 +278,4 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
     def _log_failure(exc: AuthError, token: str) -> None:
         level = logging.WARNING if isinstance(exc, KeySetUnavailable) else logging.INFO
         logger.log(level, "authenticate(k8s_token=...) failed: %s %s: %s (token %s)", exc.status_code, exc.reason,
-                   exc.message, fingerprint(token))
+                   printable(exc.message), fingerprint(token))

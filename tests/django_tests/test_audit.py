@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from k8s_jwt_auth.testing import FakeIssuer
 from tests._asgi import bad_tokens, bearer, static_verifier
-from tests._audit import audit_dicts, capture, expected_allowed, expected_refused, leaks
+from tests._audit import FORGED_PATH, audit_dicts, capture, expected_allowed, expected_refused, forged_lines, leaks
 
 from .conftest import Configure
 
@@ -88,3 +88,20 @@ def test_drf_authentication(configure: Configure, issuer: FakeIssuer, caplog: py
         expected_refused("rejected_token", "malformed", 401, garbage, path="/drf/whoami"),
     ]
     assert leaks(caplog, token) == []
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_path_with_line_breaks_cannot_forge_log_lines(kind: str, configure: Configure,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="k8s_jwt_auth")
+    configure(ALLOW=["payments/*"])
+    if kind == "wsgi":
+        status = Client().get(FORGED_PATH).status_code
+    else:
+        status = asyncio.run(AsyncClient().get(FORGED_PATH)).status_code
+    assert status == 401
+    assert audit_dicts(caplog)[0]["path"].startswith("/whoami\r\nWARNING")
+    assert forged_lines(caplog) == []

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from k8s_jwt_auth import AuthError, KeySetUnavailable
 from k8s_jwt_auth._jws import fingerprint
+from k8s_jwt_auth.audit import printable
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 from .._common import check_policy

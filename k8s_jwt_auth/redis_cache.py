@@ -18,11 +18,15 @@ What reaches Redis:
   `unlock` deletes the lease only if it still holds that value. Leases are not authenticated: a forged
   lease only makes other processes wait (boundedly) and then do the work themselves.
 
-Failure behaviour: every call is bounded by `timeout` (socket timeouts on the sync client, also
-`asyncio.wait_for` on the async one; redis-py's own retries are off). A failed call opens a circuit
-breaker: Redis is then skipped without touching the network for 1 s, doubling up to 30 s while probes
-keep failing, so a Redis that is down or slow never stalls requests. One warning per outage on the
-`k8s_jwt_auth.redis` logger, one info line when Redis answers again. Nothing is ever raised to the caller.
+Failure behaviour: `timeout` is a deadline for the whole call — connecting, the handshake, sending and
+every read of the reply — not a limit per socket operation: a Redis that trickles its reply a byte at a
+time is given up when the deadline passes. The sync client's sockets give each operation only what is
+left of the call's deadline; async calls run under `asyncio.wait_for`; redis-py's own retries are off.
+A reply of a type the command never answers (`+OK` to everything, an integer for a GET, a map...) is a
+failed call too. A failed call opens a circuit breaker: Redis is then skipped without touching the network
+for 1 s, doubling up to 30 s while probes keep failing, so a Redis that is down, slow or hostile never
+stalls requests. One warning per outage on the `k8s_jwt_auth.redis` logger, one info line when Redis
+answers again. Nothing is ever raised to the caller.
 
 Clients: one `redis.Redis` (a thread-safe connection pool) for sync calls, and one `redis.asyncio.Redis`
 per running event loop for async calls (a client is bound to the loop it was made on). A loop's client is
@@ -38,9 +42,11 @@ import hmac
 import logging
 import math
 import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -49,6 +55,8 @@ try:
     import redis.asyncio
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
+    from redis.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection, parse_url
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -71,9 +79,129 @@ EXPIRY_SIZE = 8
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 TAMPER_LOG_INTERVAL = 60.0
-_FAILURES = (RedisError, OSError, asyncio.TimeoutError, ValueError)  # ValueError: a reply redis-py cannot parse
+# What a call to a Redis that is down, slow or hostile can raise: redis-py's own errors, socket errors, and what
+# redis-py raises itself on a reply of an unexpected shape (`+OK` to HELLO makes it call `.get` on bytes).
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError, ValueError, AttributeError, TypeError, LookupError)
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _FAILED = object()  # a call that did not reach Redis (skipped or failed)
+
+
+class _UnexpectedReply(ValueError):
+    """Redis answered a command with a type that command never answers (the value itself is never shown)."""
+
+
+_DEADLINE: ContextVar[float | None] = ContextVar("k8s_jwt_auth_redis_deadline", default=None)
+
+
+class _DeadlineSocket:
+    """A socket whose every operation is given at most what is left of the current call's deadline.
+
+    redis-py's socket timeout bounds each read: a server that sends one byte every 0.09 s keeps a 0.1 s
+    timeout from ever firing. Wrapping the connection's socket makes `timeout` a deadline for the whole call
+    (set by `RedisCache._call` in a context variable; outside a call the socket is left as it is).
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recv(self, *args: Any) -> bytes:
+        return self._bounded(self._sock.recv, *args)  # type: ignore[no-any-return]
+
+    def recv_into(self, *args: Any) -> int:
+        return self._bounded(self._sock.recv_into, *args)  # type: ignore[no-any-return]
+
+    def send(self, *args: Any) -> int:
+        return self._bounded(self._sock.send, *args)  # type: ignore[no-any-return]
+
+    def sendall(self, *args: Any) -> None:
+        self._bounded(self._sock.sendall, *args)  # a whole sendall obeys one timeout (Python >= 3.5)
+
+    def _bounded(self, operation: Callable[..., Any], *args: Any) -> Any:
+        left = _time_left()
+        if left is None:
+            return operation(*args)
+        own = self._sock.gettimeout()
+        self._sock.settimeout(left if own is None else min(own, left))
+        try:
+            return operation(*args)
+        finally:
+            try:
+                self._sock.settimeout(own)
+            except OSError:  # closed by the failed operation
+                pass
+
+
+def _time_left() -> float | None:
+    """Seconds left before the current call's deadline (`None` outside a call).
+
+    Raises:
+        TimeoutError: when the deadline has passed (redis-py turns it into its own `TimeoutError`).
+    """
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the Redis call ran past its deadline")
+    return left
+
+
+class _DeadlineConnectionMixin(AbstractConnection):
+    """Connects within what is left of the call's deadline and wraps the socket in a `_DeadlineSocket`."""
+
+    def _connect(self) -> Any:
+        left = _time_left()
+        if left is None:
+            return _DeadlineSocket(super()._connect())  # type: ignore[no-untyped-call, safe-super]
+        saved = self.socket_connect_timeout, self.socket_timeout
+        self.socket_connect_timeout = min(saved[0] or left, left)  # TCP connect
+        self.socket_timeout = min(saved[1] or left, left)  # the TLS handshake (one deadline in CPython)
+        try:
+            sock = super()._connect()  # type: ignore[no-untyped-call, safe-super]
+        finally:
+            self.socket_connect_timeout, self.socket_timeout = saved
+        sock.settimeout(saved[1])
+        return _DeadlineSocket(sock)
+
+
+class _DeadlineConnection(_DeadlineConnectionMixin, Connection):
+    pass
+
+
+class _DeadlineSSLConnection(_DeadlineConnectionMixin, SSLConnection):
+    pass
+
+
+class _DeadlineUnixConnection(_DeadlineConnectionMixin, UnixDomainSocketConnection):
+    pass
+
+
+_DEADLINE_CLASSES: dict[type[Any], type[Any]] = {
+    Connection: _DeadlineConnection, SSLConnection: _DeadlineSSLConnection,
+    UnixDomainSocketConnection: _DeadlineUnixConnection,
+}
+
+
+def _handshake(connection: Connection) -> None:
+    """redis-py's connection handshake, failing as a `ConnectionError` (so redis-py drops the connection)
+    when a reply has an unexpected shape; otherwise the half-open connection would go back to the pool."""
+    try:
+        connection.on_connect()  # type: ignore[no-untyped-call]
+    except (AttributeError, TypeError, LookupError, ValueError) as exc:
+        raise RedisConnectionError(f"unexpected reply to the connection handshake ({type(exc).__name__})") from exc
+
+
+def _expect(result: object, types: tuple[type, ...], command: str) -> None:
+    if not isinstance(result, types):
+        raise _UnexpectedReply(f"unexpected {type(result).__name__} reply to {command}")
+
+
+_VALUE = (bytes, type(None))  # what GET answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +280,7 @@ class RedisCache:
         self._value_key = hmac.new(key, b"k8s-jwt-auth redis values v1", hashlib.sha256).digest()
         self.prefix, self.timeout = prefix, float(timeout)
         self._url, self._clock, self._timer = url, clock, timer
-        self._client = client if client is not None else redis.Redis.from_url(url, **self._options(Retry))  # type: ignore[arg-type]
+        self._client = client if client is not None else redis.Redis.from_url(url, **self._sync_options(url))  # type: ignore[arg-type]
         self._lock = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._leases: dict[str, bytes] = {}
@@ -182,18 +310,24 @@ class RedisCache:
         return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
                 "retry": retry(NoBackoff(), 0), "client_name": "k8s-jwt-auth"}
 
+    def _sync_options(self, url: str | None) -> dict[str, Any]:
+        """The sync client's options: its connections obey each call's deadline (see `_DeadlineSocket`)."""
+        scheme_class = parse_url(url).get("connection_class", Connection) if url is not None else Connection  # type: ignore[no-untyped-call]
+        return {**self._options(Retry), "connection_class": _DEADLINE_CLASSES.get(scheme_class, scheme_class),
+                "redis_connect_func": _handshake}
+
     # -- SharedStore -----------------------------------------------------------------------------
 
     def get(self, namespace: str, key: bytes) -> bytes | None:
         """The value under (namespace, key) if present, authentic and not expired; `None` otherwise."""
         name = self._name(namespace, key)
-        raw = self._call(lambda: self._client.get(name))
+        raw = self._call(lambda: self._client.get(name), _VALUE, "GET")
         return self._read(namespace, name, raw)
 
     async def aget(self, namespace: str, key: bytes) -> bytes | None:
         """Like `get`, without blocking the event loop."""
         name = self._name(namespace, key)
-        raw = await self._acall(lambda c: c.get(name), lambda: self._client.get(name))
+        raw = await self._acall(lambda c: c.get(name), lambda: self._client.get(name), _VALUE, "GET")
         return self._read(namespace, name, raw)
 
     def set(self, namespace: str, key: bytes, value: bytes, ttl: float) -> None:
@@ -349,20 +483,26 @@ class RedisCache:
 
     # -- calls and the circuit breaker -----------------------------------------------------------
 
-    def _call(self, command: Callable[[], object]) -> object:
+    def _call(self, command: Callable[[], object], expect: tuple[type, ...] = (object,), what: str = "") -> object:
+        """Run a sync command within ONE deadline of `timeout` seconds; `_FAILED` if skipped or failed."""
         epoch = self._admit()
         if epoch is None:
             return _FAILED
+        deadline = _DEADLINE.set(time.monotonic() + self.timeout)
         try:
             result = command()
+            _expect(result, expect, what)
         except _FAILURES as exc:
             self._failed(epoch, exc)
             return _FAILED
+        finally:
+            _DEADLINE.reset(deadline)
         self._succeeded()
         return result
 
-    async def _acall(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]],
-                     fallback: Callable[[], object]) -> object:
+    async def _acall(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]], fallback: Callable[[], object],
+                     expect: tuple[type, ...] = (object,), what: str = "") -> object:
+        """Like `_call`, without blocking the loop: the whole call runs under `asyncio.wait_for(timeout)`."""
         epoch = self._admit()
         if epoch is None:
             return _FAILED
@@ -371,6 +511,7 @@ class RedisCache:
                 result: object = await asyncio.wait_for(asyncio.to_thread(fallback), self.timeout)
             else:
                 result = await asyncio.wait_for(command(await self._loop_client()), self.timeout)
+            _expect(result, expect, what)
         except _FAILURES as exc:
             self._failed(epoch, exc)
             return _FAILED

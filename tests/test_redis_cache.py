@@ -22,9 +22,10 @@ import redis
 
 from k8s_jwt_auth import ConfigurationError, VerifierConfig
 from k8s_jwt_auth._shared import SharedStore
-from k8s_jwt_auth.redis_cache import RedisCache
+from k8s_jwt_auth.redis_cache import BACKOFF_MAX, RedisCache
 
 from ._redis import RedisServer, redis_server, redis_session
+from ._resp import RespServer, after_handshake, resp_server
 
 __all__ = ["redis_server", "redis_session"]  # fixtures
 
@@ -462,3 +463,140 @@ def test_two_calls_in_flight_that_fail_back_off_once(cache: RedisCache) -> None:
     cache._failed(second, OSError("connection refused"))
     status = cache.status()
     assert (status.errors, status.retry_in) == (2, 1.0)
+
+
+# -- hostile Redis: a reply trickled byte by byte, replies of the wrong type ----------------------
+
+TRICKLE = 0.02  # seconds between the bytes of a reply: every socket read is well under the 0.1 s timeout
+SLOW_VALUE = b"$200\r\n" + b"x" * 200 + b"\r\n"  # 4 s of trickle for the value alone
+
+SYNC_CALLS: dict[str, Callable[[RedisCache], object]] = {
+    "get": lambda c: c.get("v", DIGEST),
+    "set": lambda c: c.set("v", DIGEST, b"payload", 60),
+    "try_lock": lambda c: c.try_lock("jwks", b"issuer", 5),
+}
+ASYNC_CALLS: dict[str, Callable[[RedisCache], Any]] = {
+    "aget": lambda c: c.aget("v", DIGEST),
+    "aset": lambda c: c.aset("v", DIGEST, b"payload", 60),
+    "atry_lock": lambda c: c.atry_lock("jwks", b"issuer", 5),
+}
+MISSES = (None, False)  # what every call answers when Redis cannot be used
+
+
+def hostile_cache(server: RespServer, timer: Clock, clock: Clock) -> RedisCache:
+    return RedisCache(server.url, secret=SECRET, timeout=0.1, clock=clock, timer=timer)
+
+
+@pytest.mark.parametrize("call", sorted(SYNC_CALLS))
+@pytest.mark.parametrize("answer", [after_handshake(SLOW_VALUE), lambda command: SLOW_VALUE],
+                         ids=["value", "handshake"])
+def test_a_trickled_reply_is_given_up_at_the_deadline(call: str, answer: Callable[[list[bytes]], bytes],
+                                                      timer: Clock, clock: Clock,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with resp_server(answer, trickle=TRICKLE) as server:
+        cache = hostile_cache(server, timer, clock)
+        with caplog.at_level(logging.WARNING, logger="k8s_jwt_auth.redis"):
+            start = time.monotonic()
+            assert SYNC_CALLS[call](cache) in MISSES
+            elapsed = time.monotonic() - start
+        cache.close()
+    assert elapsed < 0.3, f"{call} held the caller {elapsed:.2f} s with a 0.1 s timeout"
+    assert cache.status().errors == 1 and len(redis_warnings(caplog)) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", sorted(ASYNC_CALLS))
+async def test_a_trickled_reply_is_given_up_at_the_deadline_async(call: str, timer: Clock, clock: Clock) -> None:
+    with resp_server(after_handshake(SLOW_VALUE), trickle=TRICKLE) as server:
+        cache = hostile_cache(server, timer, clock)
+        start = time.monotonic()
+        assert await ASYNC_CALLS[call](cache) in MISSES
+        elapsed = time.monotonic() - start
+        await cache.aclose()
+    assert elapsed < 0.3 and cache.status().errors == 1
+
+
+def test_a_deadline_does_not_outlive_its_call(redis_server: RedisServer, timer: Clock, clock: Clock) -> None:
+    """The deadline bounds each call, not the connection: a pooled connection serves later calls normally."""
+    cache = RedisCache(redis_server.url, secret=SECRET, timeout=0.1, clock=clock, timer=timer)
+    cache.set("v", DIGEST, b"payload", 60)
+    time.sleep(0.15)  # longer than the timeout, between two calls on the same pooled connection
+    assert cache.get("v", DIGEST) == b"payload" and cache.status().errors == 0
+    cache.close()
+
+
+@pytest.mark.parametrize(("url", "kind"), [("redis://127.0.0.1:1/0", "Connection"),
+                                           ("rediss://127.0.0.1:1/0", "SSLConnection"),
+                                           ("unix:///tmp/k8s-jwt-auth-none.sock", "UnixDomainSocketConnection")])
+def test_every_kind_of_connection_obeys_the_deadline(url: str, kind: str) -> None:
+    cache = RedisCache(url, secret=SECRET)
+    connection_class = cache._client.connection_pool.connection_class
+    assert connection_class.__name__ == f"_Deadline{kind.replace('DomainSocket', '')}"
+    assert [c.__name__ for c in connection_class.__mro__[1:4]][1] == kind  # its own kind's behaviour, deadline first
+    cache.close()
+
+
+def _everything_ok(command: list[bytes]) -> bytes:
+    return b"+OK\r\n"
+
+
+WRONG_REPLIES = {
+    "integer": b":1\r\n",
+    "array": b"*1\r\n$1\r\nx\r\n",
+    "map": b"%1\r\n$1\r\nx\r\n:1\r\n",
+    "set": b"~1\r\n:1\r\n",
+    "boolean": b"#t\r\n",
+    "double": b",1.5\r\n",
+    "verbatim": b"=7\r\ntxt:abc\r\n",  # redis-py hands it out as bytes: a value that is not authentic
+    "error": b"-ERR not today\r\n",
+    "not RESP": b"hello\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", [_everything_ok, *(after_handshake(r) for r in WRONG_REPLIES.values())],
+                         ids=["+OK to everything", *WRONG_REPLIES])
+def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception(answer: Callable[[list[bytes]], bytes],
+                                                                timer: Clock, clock: Clock,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    with resp_server(answer) as server, caplog.at_level(logging.WARNING, logger="k8s_jwt_auth.redis"):
+        cache = hostile_cache(server, timer, clock)
+        for _ in range(2):  # the second round probes again after the back-off
+            for call in SYNC_CALLS.values():
+                assert call(cache) in (*MISSES, True)  # a SET NX answered +OK is a lease
+            cache.unlock("jwks", b"issuer")
+            assert cache.get("v", DIGEST) is None
+            timer.now += BACKOFF_MAX
+        cache.close()
+    warnings = redis_warnings(caplog)
+    assert len(warnings) <= 2 and all("eyJ" not in w.getMessage() for w in warnings)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("answer", [_everything_ok, *(after_handshake(r) for r in WRONG_REPLIES.values())],
+                         ids=["+OK to everything", *WRONG_REPLIES])
+async def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception_async(
+        answer: Callable[[list[bytes]], bytes], timer: Clock, clock: Clock) -> None:
+    with resp_server(answer) as server:
+        cache = hostile_cache(server, timer, clock)
+        for _ in range(2):
+            for call in ASYNC_CALLS.values():
+                assert await call(cache) in (*MISSES, True)
+            await cache.aunlock("jwks", b"issuer")
+            assert await cache.aget("v", DIGEST) is None
+            timer.now += BACKOFF_MAX
+        await cache.aclose()
+
+
+@pytest.mark.parametrize("reply", sorted(set(WRONG_REPLIES) - {"error", "not RESP", "verbatim"}))
+def test_a_value_of_the_wrong_type_counts_as_a_failed_call(reply: str, timer: Clock, clock: Clock,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    with resp_server(after_handshake(WRONG_REPLIES[reply])) as server:
+        cache = hostile_cache(server, timer, clock)
+        with caplog.at_level(logging.WARNING, logger="k8s_jwt_auth.redis"):
+            assert cache.get("v", DIGEST) is None
+        cache.close()
+    status = cache.status()
+    assert (status.errors, status.tampered, status.available) == (1, 0, False)
+    (warning,) = redis_warnings(caplog)
+    assert "unexpected" in warning.getMessage()
+

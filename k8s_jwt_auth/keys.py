@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Union
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -38,6 +38,7 @@ __all__ = [
     "KeySource",
     "StaticKeySource",
     "VerificationKey",
+    "jwk_thumbprint",
     "key_source_from_config",
     "kube_key_id",
 ]  # RemoteKeySource and KeySourceStatus are also importable from here (see __getattr__ below)
@@ -50,6 +51,7 @@ MIN_RSA_BITS = 2048
 MAX_RSA_EXPONENT = 2**32  # Kubernetes keys use 65537
 DEFAULT_MAX_KEYS = 100  # keys taken from one JWKS document; Kubernetes publishes a handful
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_EC_JWK_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _EC_CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
 _HASHES: dict[str, hashes.HashAlgorithm] = {
     "RS256": hashes.SHA256(), "ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512(),
@@ -79,11 +81,19 @@ class JWKS(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
-    """A parsed public key and the JWS algorithms it may verify."""
+    """A parsed public key and the JWS algorithms it may verify.
+
+    `thumbprint` is the key's RFC 7638 JWK thumbprint (SHA-256, base64url), computed once from its public
+    numbers: it names the key *material*, where `kid` is only a label an issuer may reuse.
+    """
 
     kid: str | None
     key: PublicKey
     algorithms: frozenset[str]
+    thumbprint: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thumbprint", jwk_thumbprint(self.key))
 
     @classmethod
     def from_public_key(cls, key: object, kid: str | None = None, alg: str | None = None) -> VerificationKey:
@@ -151,6 +161,32 @@ class VerificationKey:
         except (InvalidSignature, ValueError, UnsupportedAlgorithm):
             return False
         return True
+
+
+def jwk_thumbprint(public: object) -> str:
+    """The RFC 7638 JWK thumbprint of an RSA or EC public key: unpadded base64url SHA-256 of its required JWK
+    members (`e`, `kty`, `n` or `crv`, `kty`, `x`, `y`) in lexicographic order, without whitespace.
+
+    Raises:
+        ValueError: for other key types.
+    """
+    if isinstance(public, rsa.RSAPublicKey):
+        rsa_numbers = public.public_numbers()
+        members = {"e": _b64_member(rsa_numbers.e), "kty": "RSA", "n": _b64_member(rsa_numbers.n)}
+    elif isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in _EC_JWK_CURVES:
+        ec_numbers, size = public.public_numbers(), (public.curve.key_size + 7) // 8
+        members = {"crv": _EC_JWK_CURVES[public.curve.name], "kty": "EC", "x": _b64_member(ec_numbers.x, size),
+                   "y": _b64_member(ec_numbers.y, size)}
+    else:
+        raise ValueError(f"unsupported key type {type(public).__name__}")
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode("ascii")
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode("ascii")
+
+
+def _b64_member(value: int, size: int | None = None) -> str:
+    """An integer as a JWK member: big-endian octets (minimal, or `size` for EC coordinates), base64url."""
+    length = size if size is not None else max(1, (value.bit_length() + 7) // 8)
+    return base64.urlsafe_b64encode(value.to_bytes(length, "big")).rstrip(b"=").decode("ascii")
 
 
 def _short(kid: object) -> str:

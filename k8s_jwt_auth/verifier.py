@@ -11,9 +11,11 @@
 6. identity;
 7. optionally, TokenReview: the API server confirms the token (`token_revoked`, or `TokenReviewUnavailable`).
 
-With a shared store (`shared=`, e.g. Redis), a token another replica verified skips step 4: the entry says
-which key verified it (it is authenticated, keyed by the token's digest and expires with the token), and
-the claims are checked again here against this verifier's own settings.
+With a shared store (`shared=`, e.g. Redis), a token another replica verified skips step 4 only if the key
+this verifier's key source hands out for it now is the very key material that verified it: the entry names
+the key's RFC 7638 thumbprint, not just its `kid` (an issuer may reuse a `kid` for new key material). The
+entry is authenticated, keyed by the token's digest and expires with the token; the claims are checked again
+here against this verifier's own settings.
 """
 
 from __future__ import annotations
@@ -129,10 +131,10 @@ class TokenVerifier:
                 if store is None or digest is None:
                     identity = self._finish(digest, parsed, alg, key)
                 else:
-                    seen_before = self._shared_entry(store.get("v", digest), alg, kid)
+                    seen_before = self._shared_entry(store.get("v", digest), alg, kid, key)
                     identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
                     if not seen_before:
-                        store.set("v", digest, *self._shared_record(identity, alg, kid))
+                        store.set("v", digest, *self._shared_record(identity, alg, kid, key))
             if self.reviewer is not None:
                 return self.reviewer.review(token, identity)
             return identity
@@ -157,10 +159,10 @@ class TokenVerifier:
                 if store is None or digest is None:
                     identity = self._finish(digest, parsed, alg, key)
                 else:
-                    seen_before = self._shared_entry(await store.aget("v", digest), alg, kid)
+                    seen_before = self._shared_entry(await store.aget("v", digest), alg, kid, key)
                     identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
                     if not seen_before:
-                        await store.aset("v", digest, *self._shared_record(identity, alg, kid))
+                        await store.aset("v", digest, *self._shared_record(identity, alg, kid, key))
             if self.reviewer is not None:
                 return await self.reviewer.review_async(token, identity)
             return identity
@@ -237,13 +239,14 @@ class TokenVerifier:
         self._cache.discard(digest)
         return False
 
-    def _shared_entry(self, value: bytes | None, alg: str, kid: str | None) -> bool:
-        """Whether the shared cache says this very token was verified with the key it names now.
+    def _shared_entry(self, value: bytes | None, alg: str, kid: str | None, key: VerificationKey) -> bool:
+        """Whether the shared cache says this very token was verified with `key`, the key material (RFC 7638
+        thumbprint) the key source hands out for its kid now; any difference means a full verification.
 
         The store has already checked the entry's authenticator and expiry; the entry is keyed by the
         digest of the whole token, so it cannot be moved to another token.
         """
-        expected = _shared_value(alg, kid)
+        expected = _shared_value(alg, kid, key)
         if value is not None and len(value) > len(expected) and value.startswith(expected):
             try:
                 until = float(value[len(expected):])
@@ -255,15 +258,16 @@ class TokenVerifier:
         self._shared_misses += 1
         return False
 
-    def _shared_record(self, identity: WorkloadIdentity, alg: str, kid: str | None) -> tuple[bytes, float]:
-        """The shared-cache value for a token verified here and its time to live (never beyond exp)."""
+    def _shared_record(self, identity: WorkloadIdentity, alg: str, kid: str | None,
+                       key: VerificationKey) -> tuple[bytes, float]:
+        """The shared-cache value for a token verified here with `key` and its time to live (never beyond exp)."""
         now = self._clock()
         until = min(self._reusable_until(identity), now + self.config.token_cache_ttl)
-        return _shared_value(alg, kid) + repr(until).encode(), until - now
+        return _shared_value(alg, kid, key) + repr(until).encode(), until - now
 
     def _finish(self, digest: bytes | None, parsed: ParsedToken, alg: str, key: VerificationKey, *,
                 signature_checked: bool = False) -> WorkloadIdentity:
-        if signature_checked:  # by a replica, with this key: its kid and alg are in the entry
+        if signature_checked:  # by a replica, with this very key material: its thumbprint is in the entry
             self._check_key_fits(alg, key)
         else:
             self._check_signature(parsed, alg, key)
@@ -315,9 +319,10 @@ class TokenVerifier:
         )
 
 
-def _shared_value(alg: str, kid: str | None) -> bytes:
-    """The fixed part of a shared-cache entry: version, algorithm and key id (the expiry follows)."""
-    return f"v1\n{alg}\n{kid or ''}\n".encode()
+def _shared_value(alg: str, kid: str | None, key: VerificationKey) -> bytes:
+    """The fixed part of a shared-cache entry: version, algorithm, key id and the RFC 7638 thumbprint of the
+    key that verified the token (the expiry follows). Entries of the kid-only format `v1` never match."""
+    return f"v2\n{alg}\n{kid or ''}\n{key.thumbprint}\n".encode()
 
 
 def _shared_from_config(config: VerifierConfig) -> SharedStore | None:

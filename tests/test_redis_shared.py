@@ -26,7 +26,7 @@ from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._remote import FetchResult, RemoteKeySource, SharedJwksFetcher
 from k8s_jwt_auth.keys import key_source_from_config
 from k8s_jwt_auth.redis_cache import RedisCache
-from k8s_jwt_auth.testing import FakeIssuer
+from k8s_jwt_auth.testing import FakeIssuer, SigningKey
 
 from ._redis import RedisServer, redis_server, redis_session
 
@@ -302,6 +302,65 @@ def test_a_tampered_verification_is_verified_again(issuer: FakeIssuer, replicas:
     info = second.cache_info()
     assert info is not None and (info.shared_hits, info.shared_misses) == (0, 1)
     assert second.shared is not None and second.shared.status().tampered == 1  # type: ignore[attr-defined]
+
+
+def reuse_kid(issuer: FakeIssuer) -> SigningKey:
+    """The issuer publishes new key material under the kid of its current key, and drops the old key."""
+    reused = SigningKey.generate(issuer.key.alg, kid=issuer.key.kid)
+    issuer.keys = [reused]
+    return reused
+
+
+def forget_shared_key_sets(server: RedisServer) -> None:
+    """Drop the key sets shared in Redis, as if the fleet had refreshed them since (leases stay)."""
+    with server.client() as raw:
+        for name in raw.scan_iter("k8s-jwt-auth:jwks:*"):
+            if b":lock:" not in name:
+                raw.delete(name)
+
+
+def test_a_kid_reused_for_new_key_material_does_not_skip_the_signature_check(
+        issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer) -> None:
+    """#14 item 4a: the shared entry named the kid only, so a replica with Redis accepted a token signed by a key
+    the issuer had replaced under the same kid, without checking its signature; without Redis it is refused."""
+    token = issuer.mint("shop", "cart")  # signed by the key about to be replaced
+    first = replicas()
+    assert first.verify(token).service_account == "cart"  # Redis now says: verified, RS256, this kid
+    reuse_kid(issuer)
+    forget_shared_key_sets(redis_server)
+    alone = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
+    with pytest.raises(InvalidToken) as without_redis:
+        alone.verify(token)
+    assert without_redis.value.reason == "bad_signature"
+    with pytest.raises(InvalidToken) as fresh:
+        replicas().verify(token)
+    assert fresh.value.reason == "bad_signature"
+    first.keys.refresh()  # type: ignore[attr-defined]  # the replica that verified it, after a key refresh
+    with pytest.raises(InvalidToken) as refreshed:
+        first.verify(token)
+    assert refreshed.value.reason == "bad_signature"
+    fine = issuer.mint("shop", "cart")  # the new key material still shares verifications
+    replicas().verify(fine)
+    again = replicas()
+    assert again.verify(fine).service_account == "cart"
+    info = again.cache_info()
+    assert info is not None and info.shared_hits == 1
+
+
+@pytest.mark.anyio
+async def test_a_kid_reused_for_new_key_material_does_not_skip_the_signature_check_async(
+        issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer) -> None:
+    token = issuer.mint("shop", "cart")
+    first = replicas()
+    await first.verify_async(token)
+    reuse_kid(issuer)
+    forget_shared_key_sets(redis_server)
+    second = replicas()
+    with pytest.raises(InvalidToken) as info:
+        await second.verify_async(token)
+    assert info.value.reason == "bad_signature"
+    for verifier in (first, second):
+        await verifier.shared.aclose()  # type: ignore[union-attr]
 
 
 def test_redis_killed_mid_test_the_verifier_keeps_verifying_locally(

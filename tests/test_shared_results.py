@@ -13,6 +13,7 @@ import pytest
 
 from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._shared import SharedStore
+from k8s_jwt_auth.keys import VerificationKey, jwk_thumbprint
 from k8s_jwt_auth.testing import SigningKey
 
 from ._stores import MemoryStore
@@ -44,10 +45,15 @@ class _Counted:
 
     def __init__(self, key: Any, owner: CountingKeys) -> None:
         self.key, self.owner, self.kid, self.algorithms = key, owner, key.kid, key.algorithms
+        self.thumbprint = key.thumbprint
 
     def verify(self, alg: str, data: bytes, signature: bytes) -> bool:
         self.owner.checks += 1
         return bool(self.key.verify(alg, data, signature))
+
+
+def thumbprint(key: SigningKey) -> str:
+    return jwk_thumbprint(key.private_key.public_key())
 
 
 @pytest.fixture
@@ -133,21 +139,26 @@ def test_entries_last_at_most_the_token_cache_ttl(rsa_key: SigningKey, clock: li
 
 
 @pytest.mark.parametrize("entry", [
-    b"v1\nES256\n{kid}\n9999999999.0",   # another algorithm than the token's
-    b"v1\nRS256\nother-kid\n9999999999.0",  # another key than the token's
-    b"v1\nRS256\n{kid}\n1.0",             # expired by its own time
-    b"v1\nRS256\n{kid}\nsoon",            # unreadable time
-    b"v2\nRS256\n{kid}\n9999999999.0",    # an unknown format
+    b"v2\nES256\n{kid}\n{tp}\n9999999999.0",   # another algorithm than the token's
+    b"v2\nRS256\nother-kid\n{tp}\n9999999999.0",  # another kid than the token's
+    b"v2\nRS256\n{kid}\n{other}\n9999999999.0",  # other key material under the token's kid
+    b"v2\nRS256\n{kid}\n\n9999999999.0",       # no key material
+    b"v2\nRS256\n{kid}\n{tp}\n1.0",             # expired by its own time
+    b"v2\nRS256\n{kid}\n{tp}\nsoon",            # unreadable time
+    b"v1\nRS256\n{kid}\n9999999999.0",          # the old kid-only format
+    b"v3\nRS256\n{kid}\n{tp}\n9999999999.0",    # an unknown format
     b"",
 ])
-def test_an_entry_that_does_not_fit_the_token_is_ignored(rsa_key: SigningKey, clock: list[float],
-                                                         entry: bytes) -> None:
+def test_an_entry_that_does_not_fit_the_token_is_ignored(rsa_key: SigningKey, ec_key: SigningKey,
+                                                         clock: list[float], entry: bytes) -> None:
     store = MemoryStore(lambda: clock[0])
     verifier, keys = replica(store, rsa_key, clock)
     token = mint(rsa_key)
     import hashlib
 
-    store.set("v", hashlib.sha256(token.encode()).digest(), entry.replace(b"{kid}", rsa_key.kid.encode()), 60)
+    value = entry.replace(b"{kid}", rsa_key.kid.encode()).replace(b"{tp}", thumbprint(rsa_key).encode())
+    value = value.replace(b"{other}", thumbprint(ec_key).encode())
+    store.set("v", hashlib.sha256(token.encode()).digest(), value, 60)
     verifier.verify(token)
     assert keys.checks == 1  # verified in full
     assert verifier.cache_info().shared_misses == 1  # type: ignore[union-attr]
@@ -184,3 +195,46 @@ def test_sharing_verified_tokens_can_be_turned_off(rsa_key: SigningKey, clock: l
     first.verify(token)
     second.verify(token)
     assert second_keys.checks == 1 and (store.reads, store.writes) == (0, 0)
+
+
+# -- a shared entry names the key material, not only the kid (#14 item 4a) ---------------------------
+
+
+def test_a_kid_reused_for_other_key_material_is_verified_in_full(rsa_key: SigningKey, clock: list[float]) -> None:
+    store = MemoryStore(lambda: clock[0])
+    first, _ = replica(store, rsa_key, clock)
+    token = mint(rsa_key)
+    first.verify(token)
+    impostor = SigningKey.generate("RS256", kid=rsa_key.kid)  # the issuer reused the kid for a new key
+    second, second_keys = replica(store, impostor, clock)
+    with pytest.raises(InvalidToken) as info:
+        second.verify(token)
+    assert info.value.reason == "bad_signature" and second_keys.checks == 1
+    assert second.cache_info().shared_misses == 1  # type: ignore[union-attr]
+
+
+def test_the_rfc_7638_example_thumbprint() -> None:
+    """RFC 7638 section 3.1."""
+    jwk = {"kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
+           "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRX"
+                "jBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaS"
+                "qzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksIN"
+                "HaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}
+    assert VerificationKey.from_jwk(jwk).thumbprint == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_ec_thumbprints_hash_the_required_members_in_order(alg: str) -> None:
+    import base64
+    import hashlib
+    import json
+
+    key = SigningKey.generate(alg)
+    jwk = key.public_jwk()
+    canonical = json.dumps({m: jwk[m] for m in ("crv", "kty", "x", "y")}, separators=(",", ":")).encode()
+    expected = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+    parsed = VerificationKey.from_jwk(jwk)
+    assert parsed.thumbprint == expected == thumbprint(key)
+    assert VerificationKey.from_jwk({**jwk, "kid": "another label"}).thumbprint == expected  # the kid is not in it
+    assert parsed.thumbprint not in repr(parsed) and parsed == VerificationKey.from_jwk(jwk)
+

@@ -8,12 +8,15 @@ fetches and can be told to fail.
 It also answers `POST /apis/authentication.k8s.io/v1/tokenreviews` the way kube-apiserver does (see
 `tests/fixtures/k8s/tokenreview/` in the repository): HTTP 201 for every review, `status.authenticated` only on success,
 `status.error` with the API server's wording otherwise (`invalid bearer token`, `service account token has
-expired`, `token audiences [...] is invalid for the target audiences [...]`, `service account token has
-been invalidated`), `status.audiences` = spec.audiences ∩ the token's `aud`, `user.extra` with the pod,
-node and credential id of pod-bound tokens, and a positive-answer cache (`review_cache_ttl`, 10 s like the
-real one) that keeps a token authenticated for a while after its pod or service account is deleted
-(`delete_pod`, `delete_service_account`). It checks the token itself with its own current keys
-(signature, `iss`, `exp`/`nbf` with 60 s of leeway, audiences) and requires `Authorization: Bearer`.
+expired`, `token audiences [...] is invalid for the target audiences [...]`, `serviceaccounts "NAME" not
+found`, `service account UID (NEW) does not match claim (OLD)`, `service account token has been
+invalidated` for a deleted pod, `pod UID (NEW) does not match service account pod ref claim (OLD)`; see
+kube-apiserver's `pkg/serviceaccount/claims.go`), `status.audiences` = spec.audiences ∩ the token's `aud`,
+`user.extra` with the pod, node and credential id of pod-bound tokens, and a positive-answer cache
+(`review_cache_ttl`, 10 s like the real one) that keeps a token authenticated for a while after its pod or
+service account is deleted or re-created (`delete_pod`, `recreate_pod`, `delete_service_account`,
+`recreate_service_account`). It checks the token itself with its own current keys (signature, `iss`,
+`exp`/`nbf` with 60 s of leeway, audiences) and requires `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -74,14 +79,19 @@ class FakeIssuer:
         api_audiences: the audiences reviewed when a TokenReview has no `spec.audiences` (kube-apiserver's
             `--api-audiences`); default: the issuer.
 
-    Use as a context manager, or call `start()`/`stop()`. State (keys, failures, counters, deleted pods
-    and service accounts, the review cache, `clock`) is reset by `reset()`; the pytest fixture
+    Use as a context manager, or call `start()`/`stop()`. State (keys, failures, counters, deleted and
+    re-created pods and service accounts, the review cache, `clock`) is reset by `reset()`; the pytest fixture
     `k8s_issuer` does that before each test.
 
     Attributes:
         discovery_fetches, jwks_fetches, tokenreviews: requests received per endpoint.
         requests: every request's path, method and headers (lower-case names).
         review_requests: the JSON body of every TokenReview request, as received (tokens included).
+        deleted_pods, deleted_service_accounts: what `delete_pod`/`delete_service_account` deleted (and
+            no `recreate_*` brought back), as `(namespace, name)` (namespace `None`: every namespace).
+        pod_uids, service_account_uids: the UID of each pod and service account re-created by
+            `recreate_pod`/`recreate_service_account`, by `(namespace, name)`. Objects not in them and
+            not deleted exist with whatever UID a token names.
     """
 
     def __init__(
@@ -163,8 +173,8 @@ class FakeIssuer:
     def reset(self) -> None:
         """Back to the state at construction: the initial key only, no failure, zero counters, the
         constructor's `require_token`, `max_age`, `clock`, `reviewer_token` and `review_cache_ttl`, no
-        deleted pods or service accounts, an empty review cache; requests held by the `slow` mode are
-        released.
+        deleted or re-created pods or service accounts, an empty review cache; requests held by the `slow`
+        mode are released.
 
         The initial key is kept (generating RSA keys is slow), so tokens minted before a reset still
         verify; call `rotate()` for a new key.
@@ -183,6 +193,8 @@ class FakeIssuer:
             self.review_requests: list[Any] = []
             self.deleted_pods: set[tuple[str | None, str]] = set()
             self.deleted_service_accounts: set[tuple[str, str]] = set()
+            self.pod_uids: dict[tuple[str, str], str] = {}
+            self.service_account_uids: dict[tuple[str, str], str] = {}
             self._review_cache: dict[tuple[str, tuple[str, ...]], tuple[dict[str, Any], float]] = {}
             wake, self._wake = getattr(self, "_wake", None), threading.Event()
         if wake is not None:
@@ -248,23 +260,54 @@ class FakeIssuer:
         return float(self.clock()) if self.clock is not None else time.time()
 
     def delete_pod(self, name: str, namespace: str | None = None) -> None:
-        """Delete a pod: tokens bound to it are "invalidated" once the review cache forgets them.
+        """Delete a pod: once the review cache forgets them, reviews of tokens bound to it answer
+        `[invalid bearer token, service account token has been invalidated]` (as kube-apiserver does).
 
-        `namespace` limits it to one namespace (default: a pod of that name in any namespace).
+        `namespace` limits it to one namespace (default: a pod of that name in every namespace).
         """
         with self._lock:
             self.deleted_pods.add((namespace, name))
+            for key in [k for k in self.pod_uids if k[1] == name and namespace in (None, k[0])]:
+                del self.pod_uids[key]
+
+    def recreate_pod(self, name: str, namespace: str = "default") -> str:
+        """Delete a pod and create another of the same name: it has a new UID, returned.
+
+        Tokens minted for the pod by name from now on carry the new UID; reviews of the older ones answer
+        `[invalid bearer token, pod UID (NEW) does not match service account pod ref claim (OLD)]` once the
+        review cache forgets them. Brings a pod deleted by `delete_pod` back.
+        """
+        uid = str(uuid.uuid4())
+        with self._lock:
+            self.deleted_pods.discard((namespace, name))
+            self.pod_uids[(namespace, name)] = uid
+        return uid
 
     def delete_service_account(self, namespace: str, name: str) -> None:
-        """Delete a service account: its tokens are "invalidated" once the review cache forgets them."""
+        """Delete a service account: once the review cache forgets them, reviews of its tokens answer
+        `[invalid bearer token, serviceaccounts "NAME" not found]` (as kube-apiserver does)."""
         with self._lock:
             self.deleted_service_accounts.add((namespace, name))
+            self.service_account_uids.pop((namespace, name), None)
+
+    def recreate_service_account(self, namespace: str, name: str) -> str:
+        """Delete a service account and create another of the same name: it has a new UID, returned.
+
+        Tokens minted for it from now on carry the new UID; reviews of the older ones answer
+        `[invalid bearer token, service account UID (NEW) does not match claim (OLD)]` once the review
+        cache forgets them. Brings a service account deleted by `delete_service_account` back.
+        """
+        uid = str(uuid.uuid4())
+        with self._lock:
+            self.deleted_service_accounts.discard((namespace, name))
+            self.service_account_uids[(namespace, name)] = uid
+        return uid
 
     def review(self, token: str, audiences: Sequence[str] | None = None) -> dict[str, Any]:
         """The `status` of a TokenReview of `token` for `audiences` (as the endpoint answers it).
 
         Successful answers are cached for `review_cache_ttl` seconds (never past the token's `exp`), so a
-        token stays authenticated for a while after its pod or service account is deleted.
+        token stays authenticated for a while after its pod or service account is deleted or re-created.
         """
         targets = tuple(audiences) if audiences else self._api_audiences or (self.issuer,)
         now = self.now()
@@ -272,10 +315,12 @@ class FakeIssuer:
             cached = self._review_cache.get((token, targets))
             if cached is not None and now < cached[1]:
                 return cached[0]
-            keys, pods, accounts = list(self.keys), set(self.deleted_pods), set(self.deleted_service_accounts)
+            keys = list(self.keys)
+            objects = _Objects(set(self.deleted_pods), set(self.deleted_service_accounts), dict(self.pod_uids),
+                               dict(self.service_account_uids))
         try:
             payload = self._authenticate(token, keys, targets, now)
-            _check_bound_objects(payload, pods, accounts)
+            _check_bound_objects(payload, objects)
         except _Rejected as exc:
             return {"user": {}, "error": str(exc)}
         status = _authenticated(payload, targets)
@@ -327,14 +372,20 @@ class FakeIssuer:
     ) -> str:
         """Mint a token signed by the current key (or `key`), shaped like a TokenRequest token.
 
-        `claims` overrides or adds claims, `drop` removes some, `header` replaces the header.
+        `claims` overrides or adds claims, `drop` removes some, `header` replaces the header. The service
+        account's UID, and the UID of a pod given by name, are those of `recreate_service_account` and
+        `recreate_pod` when they re-created it (a pod given by name otherwise gets a random UID).
         """
         if now is None and self.clock is not None:
             now = float(self.clock())
+        with self._lock:
+            account_uid = self.service_account_uids.get((namespace, service_account))
+            if isinstance(pod, str) and (namespace, pod) in self.pod_uids:
+                pod = (pod, self.pod_uids[(namespace, pod)])
         payload = build_claims(
             issuer=self.issuer, namespace=namespace, service_account=service_account,
             audiences=(audiences,) if isinstance(audiences, str) else audiences, lifetime=lifetime, now=now,
-            pod=pod, node=node, warn_after=warn_after, extra=claims, drop=drop,
+            pod=pod, node=node, warn_after=warn_after, extra=claims, drop=drop, service_account_uid=account_uid,
         )
         return sign(key or self.key, payload, header)
 
@@ -433,6 +484,16 @@ class _Rejected(Exception):
     """A TokenReview that does not authenticate the token; the message is kube-apiserver's `status.error`."""
 
 
+@dataclass(frozen=True)
+class _Objects:
+    """A snapshot of what the fake API server knows about pods and service accounts."""
+
+    deleted_pods: set[tuple[str | None, str]]
+    deleted_accounts: set[tuple[str, str]]
+    pod_uids: dict[tuple[str, str], str]
+    account_uids: dict[tuple[str, str], str]
+
+
 def _status(code: int, reason: str, message: str) -> tuple[int, dict[str, str], bytes]:
     body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
             "reason": reason, "code": code}
@@ -478,9 +539,14 @@ def _signature_ok(key: SigningKey, alg: object, signing_input: bytes, signature:
         return False
 
 
+def _go_quote(value: str) -> str:
+    """A string as Go's `%q` prints it (close enough: JSON string syntax, printable Unicode kept)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _go_list(values: Sequence[str]) -> str:
     """A string list as Go's `%q` prints it: `["a" "b"]`."""
-    return "[" + " ".join(json.dumps(v) for v in values) + "]"
+    return "[" + " ".join(_go_quote(v) for v in values) + "]"
 
 
 def _bound(payload: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -495,13 +561,24 @@ def _namespace(payload: dict[str, Any]) -> str:
     return str(k8s.get("namespace", "")) if isinstance(k8s, dict) else ""
 
 
-def _check_bound_objects(payload: dict[str, Any], deleted_pods: set[tuple[str | None, str]],
-                         deleted_accounts: set[tuple[str, str]]) -> None:
-    """`_Rejected` ("invalidated") when the token's service account or pod was deleted."""
-    namespace, pod = _namespace(payload), _bound(payload, "pod").get("name")
-    if (namespace, _bound(payload, "serviceaccount").get("name")) in deleted_accounts or (
-            pod is not None and {(None, pod), (namespace, pod)} & deleted_pods):
+def _check_bound_objects(payload: dict[str, Any], objects: _Objects) -> None:
+    """`_Rejected` when the token's service account or pod was deleted or re-created, with kube-apiserver's
+    wording (`pkg/serviceaccount/claims.go`: the service account is checked first, then the pod)."""
+    namespace, account, pod = _namespace(payload), _bound(payload, "serviceaccount"), _bound(payload, "pod")
+    name, claimed = str(account.get("name", "")), str(account.get("uid", ""))
+    if (namespace, name) in objects.deleted_accounts:  # the getter's NotFound error, as it is
+        raise _Rejected(f"[{_INVALID}, serviceaccounts {_go_quote(name)} not found]")
+    actual = objects.account_uids.get((namespace, name))
+    if actual is not None and actual != claimed:
+        raise _Rejected(f"[{_INVALID}, service account UID ({actual}) does not match claim ({claimed})]")
+    if not pod:
+        return
+    name, claimed = str(pod.get("name", "")), str(pod.get("uid", ""))
+    actual = objects.pod_uids.get((namespace, name))  # a re-created pod exists, whatever was deleted before
+    if actual is None and {(None, name), (namespace, name)} & objects.deleted_pods:
         raise _Rejected(f"[{_INVALID}, service account token has been invalidated]")
+    if actual is not None and actual != claimed:
+        raise _Rejected(f"[{_INVALID}, pod UID ({actual}) does not match service account pod ref claim ({claimed})]")
 
 
 def _authenticated(payload: dict[str, Any], targets: tuple[str, ...]) -> dict[str, Any]:

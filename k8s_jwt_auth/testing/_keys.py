@@ -105,17 +105,20 @@ def build_claims(
     warn_after: float | None = None,
     extra: Mapping[str, Any] | None = None,
     drop: Sequence[str] = (),
+    service_account_uid: str | None = None,
 ) -> dict[str, Any]:
     """Claims shaped like a TokenRequest token's (see `tests/fixtures/k8s/tokens/*.json` in the repository).
 
     `pod`/`node` are a name or a `(name, uid)` pair. `extra` members override or add claims; `drop`
-    removes top-level claims (to test missing ones).
+    removes top-level claims (to test missing ones). `service_account_uid` defaults to a UID derived from
+    the namespace and name (the same for every token of that service account).
     """
     issued = int(time.time() if now is None else now)
+    if service_account_uid is None:
+        service_account_uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_account}"))
     k8s: dict[str, Any] = {
         "namespace": namespace,
-        "serviceaccount": {"name": service_account, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL,
-                                                                          f"{namespace}/{service_account}"))},
+        "serviceaccount": {"name": service_account, "uid": service_account_uid},
     }
     for kind, value in (("pod", pod), ("node", node)):
         if value is not None:

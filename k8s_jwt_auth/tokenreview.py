@@ -16,9 +16,11 @@ and maps the answer (HTTP 201 in every case; a failed review has no `authenticat
 * authenticated, for the same user (and, when both sides name them, the same pod UID and credential id)
   and for at least one configured audience → the identity with `reviewed=True` and the user's `groups`;
 * not authenticated → `InvalidToken`: `expired` ("... has expired"), `bad_audience` (the error is about
-  audiences), otherwise `token_revoked` (e.g. "service account token has been invalidated" after the pod
-  or service account was deleted). Authenticated for another user, pod or credential → `claim_mismatch`;
-  authenticated for none of our audiences → `bad_audience`;
+  audiences; quoted names and audiences in the text are not looked at), otherwise `token_revoked` (e.g.
+  "service account token has been invalidated" after the pod was deleted, `serviceaccounts "NAME" not
+  found`, "pod UID (...) does not match service account pod ref claim (...)" or "service account UID (...)
+  does not match claim (...)" after a re-creation). Authenticated for another user, pod or credential →
+  `claim_mismatch`; authenticated for none of our audiences → `bad_audience`;
 * no usable answer (unreachable, timeout, TLS, 401, 403, 5xx, non-JSON or malformed document, unreadable
   token file) → `TokenReviewUnavailable` (503, `review_unavailable`, `retry_after`), or with
   `fallback_to_local=True` the identity unchanged (`reviewed=False`). A warning is logged on the
@@ -48,6 +50,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import ssl
 import threading
 import time
@@ -108,6 +111,7 @@ EXTRA_CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 MAX_BACKOFF = 30.0  # the longest pause between review attempts after failures (seconds)
 MAX_RETRY_AFTER = 300.0  # a server's Retry-After is honoured up to this
 MAX_ERROR_TEXT = 300  # the API server's error text is cut to this many characters in messages
+_GO_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')  # a string as Go's %q prints it: names, audiences
 
 _EMPTY_EXTRA: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 _JSON = "application/json"
@@ -156,7 +160,9 @@ class TokenReviewResult:
             raise _malformed("it is not a JSON object")
         kind = doc.get("kind")
         if kind is not None and kind != "TokenReview":
-            raise _malformed(f"its kind is {str(kind)[:40]!r}, not 'TokenReview'")
+            # only a string is shown: str() of a deeply nested value or a huge integer raises
+            shown = repr(kind[:40]) if isinstance(kind, str) else f"a {type(kind).__name__}"
+            raise _malformed(f"its kind is {shown}, not 'TokenReview'")
         status = doc.get("status")
         if not isinstance(status, dict):
             raise _malformed("it has no status object")
@@ -819,16 +825,24 @@ def _retry_after_header(response: _Response | None) -> float:
 
 
 def _rejected(error: str | None, token: str) -> InvalidToken:
+    """The refusal for a review's `status.error`: `expired` or `bad_audience` when the API server's own words
+    say so, otherwise `token_revoked` (deleted or re-created pod, secret or service account, bad signature ...).
+
+    The words are looked for outside the quoted names and audiences the text may hold (Go's `%q`), so a
+    service account named `audience-gateway` (`serviceaccounts "audience-gateway" not found`) or an audience
+    `"has expired"` cannot change the reason.
+    """
     text = (error or "no reason given").replace(token, "<token>")
-    text = "".join(c if c.isprintable() else "?" for c in text)[:MAX_ERROR_TEXT]
-    lowered = text.lower()
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    words = _GO_QUOTED.sub('""', text).lower()
     reason: Reason = "token_revoked"
     claim: str | None = None
-    if "has expired" in lowered or "token is expired" in lowered:
+    if "has expired" in words or "token is expired" in words:
         reason, claim = "expired", "exp"
-    elif "audience" in lowered:
+    elif "audience" in words:
         reason, claim = "bad_audience", "aud"
-    return InvalidToken(f"the API server did not authenticate the token: {text}", reason=reason, claim=claim)
+    return InvalidToken(f"the API server did not authenticate the token: {text[:MAX_ERROR_TEXT]}", reason=reason,
+                        claim=claim)
 
 
 def _check_user(result: TokenReviewResult, identity: WorkloadIdentity) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -455,6 +456,149 @@ def test_expired_at_the_api_server_is_expired(
     with pytest.raises(InvalidToken) as info:
         review(make_reviewer(), token, identity)
     assert (info.value.reason, info.value.claim) == ("expired", "exp")
+
+
+# -- each refusal, worded as kube-apiserver v1.36.2 words it -------------------------------------------
+
+RECORDED_ERROR = {case["name"]: case["error"] for case in INDEX}
+# What a case does to the fake cluster: (issuer, clock, token, identity) -> (spec.audiences, status.error).
+Refusal = Callable[[FakeIssuer, Clock, str, WorkloadIdentity], tuple[list[str], str]]
+
+
+def _deleted_pod(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
+    issuer.delete_pod("api-1", namespace="payments")
+    return ["payments-api"], RECORDED_ERROR["tr-14b-pod-doomed-after-delete"]
+
+
+def _recreated_pod(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
+    new = issuer.recreate_pod("api-1", namespace="payments")
+    return ["payments-api"], f"[invalid bearer token, pod UID ({new}) does not match service account pod ref claim " \
+                     f"({identity.pod_uid})]"
+
+
+def _deleted_account(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity
+                     ) -> tuple[list[str], str]:
+    issuer.delete_service_account("payments", "api")
+    return ["payments-api"], '[invalid bearer token, serviceaccounts "api" not found]'
+
+
+def _recreated_account(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity
+                       ) -> tuple[list[str], str]:
+    new = issuer.recreate_service_account("payments", "api")
+    return ["payments-api"], f"[invalid bearer token, service account UID ({new}) does not match claim " \
+                     f"({identity.service_account_uid})]"
+
+
+def _expired(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
+    clock.advance(3600 + 75)  # past exp and the API server's 60 s of leeway, as in the recording
+    return ["payments-api"], RECORDED_ERROR["tr-21-expired-past-leeway"]
+
+
+def _wrong_audience(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity
+                    ) -> tuple[list[str], str]:
+    return ["billing-api"], RECORDED_ERROR["tr-04-wrong-aud"]  # the token's aud is ["payments-api"], as recorded
+
+
+REFUSALS: dict[str, tuple[Refusal, str]] = {
+    "deleted-pod": (_deleted_pod, "token_revoked"),
+    "recreated-pod": (_recreated_pod, "token_revoked"),
+    "deleted-service-account": (_deleted_account, "token_revoked"),
+    "recreated-service-account": (_recreated_account, "token_revoked"),
+    "expired": (_expired, "expired"),
+    "wrong-audience": (_wrong_audience, "bad_audience"),
+}
+
+
+def _post_review(issuer: FakeIssuer, token: str, audiences: list[str]) -> tuple[int, Any]:
+    """One TokenReview over HTTP, as any client would send it: the status code and the JSON answer."""
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+               "spec": {"token": token, "audiences": audiences}}
+    response = httpx.post(f"{issuer.url}{REVIEW_PATH}", json=request, headers={"Authorization": f"Bearer {OWN_TOKEN}"},
+                          timeout=5)
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_the_fake_api_server_refuses_like_kube_apiserver(
+    issuer: FakeIssuer, make_reviewer: Callable[..., TokenReviewer], clock: Clock, case: str, review: Review,
+) -> None:
+    refuse, reason = REFUSALS[case]
+    token = pod_token(issuer, audiences="payments-api")
+    local = VerifierConfig(issuer=issuer.issuer, audiences=["payments-api"], jwks=issuer.jwks())
+    identity = TokenVerifier(local, clock=clock).verify(token)
+    audiences, error = refuse(issuer, clock, token, identity)
+    assert issuer.review(token, audiences) == {"user": {}, "error": error}
+    status, answer = _post_review(issuer, token, audiences)
+    recorded = json.loads((RECORDED / "tr-14b-pod-doomed-after-delete.response.json").read_text())
+    assert status == 201 and answer.keys() == recorded.keys()  # the recorded failure's shape
+    assert answer["spec"] == {"token": token, "audiences": audiences}
+    assert answer["status"] == {"user": {}, "error": error}  # no "authenticated", no "audiences"
+    with pytest.raises(InvalidToken) as info:
+        review(make_reviewer(audiences=audiences), token, identity)
+    assert (info.value.status_code, info.value.reason) == (401, reason)
+    assert info.value.message.endswith(f": {error}")
+
+
+@pytest.mark.parametrize("case", [name for name, (_, reason) in REFUSALS.items() if reason != "bad_audience"])
+def test_the_verifier_maps_each_refusal_sync_and_async(
+    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: Clock, case: str,
+) -> None:
+    refuse, reason = REFUSALS[case]
+    verifier = reviewing_verifier(tokenreview_cache_ttl=0, leeway=120)  # locally valid a while past exp
+    token = pod_token(issuer)
+    identity = verifier.verify(token)
+    assert identity.reviewed
+    refuse(issuer, clock, token, identity)
+    clock.advance(10)  # past the API server's cache of its earlier success
+    for call in (lambda: verifier.verify(token), lambda: asyncio.run(verifier.verify_async(token))):
+        with pytest.raises(InvalidToken) as info:
+            call()
+        assert (info.value.status_code, info.value.reason) == (401, reason)
+    assert issuer.tokenreviews == 3  # each call asked the API server
+    if case.startswith("recreated"):  # the new object's tokens are fine
+        fresh = pod_token(issuer)
+        assert verifier.verify(fresh).reviewed and asyncio.run(verifier.verify_async(fresh)).reviewed
+
+
+def test_quoted_names_and_audiences_do_not_change_the_reason(
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], review: Review,
+) -> None:
+    token = issuer.mint("payments", "audience-gateway", audiences="test")
+    identity = verifier.verify(token)
+    issuer.delete_service_account("payments", "audience-gateway")
+    with pytest.raises(InvalidToken) as info:  # serviceaccounts "audience-gateway" not found
+        review(make_reviewer(), token, identity)
+    assert (info.value.reason, info.value.claim) == ("token_revoked", None)
+    odd = issuer.mint("payments", "api", audiences="token has expired")
+    with pytest.raises(InvalidToken) as info:  # token audiences ["token has expired"] is invalid for ... ["test"]
+        review(make_reviewer(), odd, identity)
+    assert (info.value.reason, info.value.claim) == ("bad_audience", "aud")
+
+
+def test_recreated_and_deleted_objects_follow_each_other_and_reset_forgets_them(
+    issuer: FakeIssuer, clock: Clock,
+) -> None:
+    issuer.review_cache_ttl = 0
+    first = pod_token(issuer)
+    issuer.delete_pod("api-1")  # in every namespace
+    uid = issuer.recreate_pod("api-1", namespace="payments")  # back, with a new UID
+    second = pod_token(issuer)
+    assert issuer.review(second, ["test"])["user"]["extra"]["authentication.kubernetes.io/pod-uid"] == [uid]
+    assert "does not match service account pod ref claim" in issuer.review(first, ["test"])["error"]
+    assert issuer.review(issuer.mint("shop", "api", audiences="test", pod="api-1"), ["test"])["error"] == \
+        RECORDED_ERROR["tr-14b-pod-doomed-after-delete"]  # still deleted in the other namespaces
+    issuer.delete_pod("api-1", namespace="payments")
+    assert issuer.review(second, ["test"])["error"] == RECORDED_ERROR["tr-14b-pod-doomed-after-delete"]
+    issuer.delete_service_account("payments", "api")  # the service account is checked before the pod
+    assert issuer.review(second, ["test"])["error"] == '[invalid bearer token, serviceaccounts "api" not found]'
+    account_uid = issuer.recreate_service_account("payments", "api")
+    assert "service account UID" in issuer.review(second, ["test"])["error"]
+    assert issuer.review(issuer.mint("payments", "api", audiences="test"), ["test"])["user"]["uid"] == account_uid
+    issuer.reset()
+    assert (issuer.deleted_pods, issuer.deleted_service_accounts, issuer.pod_uids, issuer.service_account_uids) == \
+        (set(), set(), {}, {})
+    issuer.clock = clock  # reset() gave the issuer its own clock back
+    assert issuer.review(first, ["test"])["authenticated"] is True
 
 
 @pytest.mark.parametrize("mode", UNAVAILABLE_MODES)

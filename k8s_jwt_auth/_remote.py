@@ -128,6 +128,7 @@ class FetchResult:
     max_age: float | None  # the JWKS response's Cache-Control max-age (0 for no-cache/no-store)
     document: bytes | None = None  # the JWKS response body, as served
     age: float = 0.0  # seconds the document had already been cached (in a shared store) when handed out
+    shared: bool = False  # taken from a shared store (another process's fetch), not fetched from the issuer
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,7 +646,8 @@ class SharedJwksFetcher:
             self._seen = max(self._seen, fetched_at)
         age = min(max(self._clock() - fetched_at, 0.0), max_age)
         logger.debug("using the key set of %s another process fetched %.0f s ago", self.issuer, age)
-        return FetchResult(self.issuer, jwks_uri, discovered, keys, max_age, document=document, age=age)
+        return FetchResult(self.issuer, jwks_uri, discovered, keys, max_age, document=document, age=age,
+                           shared=True)
 
     # -- the drivers -----------------------------------------------------------------------------
 
@@ -846,6 +848,7 @@ class RemoteKeySource:
         self._jwks_uri: str | None = None
         self._fetched_at = self._expires = self._refresh_at = self._max_age = 0.0
         self._seq = self._applied = self._fetch_count = self._failures = 0
+        self._from_shared = False  # the current keys were taken from the shared store, not fetched here
         self._inflight: Future[None] | None = None
         self._inflight_since = 0.0  # time.monotonic(), to give up on a fetch whose runner vanished
         self._retry_at = self._unknown_until = -math.inf
@@ -882,13 +885,15 @@ class RemoteKeySource:
         """
         plan = self._plan(kid, alg)
         self._start_background(plan)
-        if plan.lead:
-            self._run(plan.lead, plan.wait)
-        elif plan.wait is not None:
-            wait_futures([plan.wait], timeout=self._wait_limit)
-        else:
-            return plan.result()
-        return self._settled(kid, alg).result()
+        for again in (True, False):  # a second fetch only for a kid missing from a key set another process fetched
+            if plan.lead:
+                self._run(plan.lead, plan.wait)
+            elif plan.wait is not None:
+                wait_futures([plan.wait], timeout=self._wait_limit)
+            else:
+                return plan.result()
+            plan = self._settled(kid, alg, again=again)
+        return plan.result()
 
     async def get_async(self, kid: str | None, alg: str) -> VerificationKey:
         """Like `get`, for asyncio: fetches with `httpx.AsyncClient` and never blocks the loop.
@@ -899,13 +904,15 @@ class RemoteKeySource:
         """
         plan = self._plan(kid, alg)
         self._start_background(plan)
-        if plan.lead:
-            await self._run_async(plan.lead, plan.wait)
-        elif plan.wait is not None:
-            await _wait_async(plan.wait, self._wait_limit)
-        else:
-            return plan.result()
-        return self._settled(kid, alg).result()
+        for again in (True, False):  # as in `get`
+            if plan.lead:
+                await self._run_async(plan.lead, plan.wait)
+            elif plan.wait is not None:
+                await _wait_async(plan.wait, self._wait_limit)
+            else:
+                return plan.result()
+            plan = self._settled(kid, alg, again=again)
+        return plan.result()
 
     def refresh(self) -> KeySet:
         """Fetch now, whatever the cache state (a failed fetch keeps the current keys).
@@ -969,24 +976,35 @@ class RemoteKeySource:
             return _Plan(error=_unknown_key(kid))
         if self._joinable() is not None:
             return self._join_or_lead()
-        if now < self._unknown_until or now < self._retry_at:
+        if not self._may_refetch_for_unknown(now):
             self._remember_unknown(kid, now)
             return _Plan(error=_unknown_key(kid))
         self._unknown_until = now + self._cooldown
         return self._join_or_lead()
 
-    def _settled(self, kid: str | None, alg: str) -> _Plan:
-        """The final answer after waiting for a fetch: no further fetch, no further wait."""
+    def _may_refetch_for_unknown(self, now: float) -> bool:
+        """Whether a kid missing from the key set may cause a refetch now: not while failed fetches back off,
+        and at most once per cooldown — unless the set was taken from the shared store, i.e. another process
+        fetched it, maybe before the issuer published this kid: then the issuer has not been asked yet."""
+        return now >= self._retry_at and (now >= self._unknown_until or self._from_shared)
+
+    def _settled(self, kid: str | None, alg: str, *, again: bool = False) -> _Plan:
+        """The answer after waiting for a fetch. With `again`, a kid missing from a key set taken from the
+        shared store leads to (or joins) one more fetch, which does not take that set again; else it is final."""
         now = self._clock()
         with self._lock:
             keys = self._usable(now)
             if keys is None:
                 return _Plan(error=self._unavailable(now))
             key = keys.find(kid, alg)
-            if key is None:
+            if key is not None:
+                return _Plan(key=key)
+            if again and self._from_shared and self._may_refetch_for_unknown(now):
+                self._unknown_until = max(self._unknown_until, now + self._cooldown)
+                return self._join_or_lead()
+            if not self._from_shared:  # the issuer itself was asked: remember the kid for the cooldown
                 self._remember_unknown(kid, now)
-                return _Plan(error=_unknown_key(kid))
-            return _Plan(key=key)
+            return _Plan(error=_unknown_key(kid))
 
     def _usable(self, now: float) -> KeySet | None:
         if self._keys is not None and now < self._expires + self._max_stale:
@@ -1081,6 +1099,7 @@ class RemoteKeySource:
             if seq < self._applied:  # a newer fetch already answered: never go back to older keys
                 return
             self._keys, self._jwks_uri, self._applied = result.keys, result.jwks_uri, seq
+            self._from_shared = result.shared
             self._fetched_at, self._max_age = fetched_at, max_age
             self._expires, self._refresh_at = fetched_at + max_age, fetched_at + REFRESH_AHEAD * max_age
             self._failures, self._retry_at, self._last_error = 0, -math.inf, None

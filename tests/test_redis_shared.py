@@ -165,6 +165,58 @@ def test_an_unknown_kid_after_a_rotation_still_reaches_the_issuer(issuer: FakeIs
     assert issuer.jwks_fetches == 2
 
 
+def test_a_replica_started_after_a_rotation_accepts_a_new_key_on_its_first_call(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
+    """#14 item 4c: Redis holds the key set from before the rotation; the fresh replica took it, answered
+    unknown_key, and only its second call reached the issuer. An unknown kid after a key set taken from the
+    shared store reaches the issuer on the same call."""
+    sources().get(issuer.key.kid, "RS256")  # Redis now holds the key set from before the rotation
+    new = issuer.rotate()
+    fresh = sources()
+    assert fresh.get(new.kid, "RS256").kid == new.kid
+    assert issuer.jwks_fetches == 2
+    assert sources().get(new.kid, "RS256").kid == new.kid  # and the next replica takes the new set from Redis
+    assert issuer.jwks_fetches == 2
+
+
+@pytest.mark.anyio
+async def test_a_replica_started_after_a_rotation_accepts_a_new_key_on_its_first_call_async(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
+    await sources().get_async(issuer.key.kid, "RS256")
+    new = issuer.rotate()
+    fresh = sources()
+    assert (await fresh.get_async(new.kid, "RS256")).kid == new.kid
+    assert issuer.jwks_fetches == 2
+
+
+def test_a_verifier_started_after_a_rotation_accepts_a_new_key_token_on_its_first_call(
+        issuer: FakeIssuer, replicas: Callable[..., TokenVerifier]) -> None:
+    replicas().verify(issuer.mint())
+    issuer.rotate()
+    assert replicas().verify(issuer.mint("shop", "cart")).service_account == "cart"
+
+
+def test_many_callers_of_a_replica_started_after_a_rotation_cause_one_issuer_fetch(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
+    sources().get(issuer.key.kid, "RS256")
+    new = issuer.rotate()
+    fresh = sources()
+    found = in_threads(8, lambda i: fresh.get(new.kid, "RS256").kid)
+    assert found == [new.kid] * 8 and issuer.jwks_fetches == 2  # single flight: one more fetch, not 8
+
+
+def test_a_genuinely_unknown_kid_after_a_shared_key_set_asks_the_issuer_once_per_cooldown(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
+    sources().get(issuer.key.kid, "RS256")
+    fresh = sources(FakeClock())
+    for kid in ("no-such-kid", "no-such-kid", "another-kid", "a-third-kid"):
+        with pytest.raises(InvalidToken) as info:
+            fresh.get(kid, "RS256")
+        assert info.value.reason == "unknown_key"
+    assert issuer.jwks_fetches == 2  # the shared set, then the issuer once; then the cooldown holds
+    assert fresh.get(issuer.key.kid, "RS256").kid == issuer.key.kid and issuer.jwks_fetches == 2
+
+
 def test_a_shared_document_is_used_for_what_is_left_of_its_max_age(issuer: FakeIssuer,
                                                                    caches: Callable[..., RedisCache]) -> None:
     config = VerifierConfig(issuer=issuer.issuer, audiences=["test"])

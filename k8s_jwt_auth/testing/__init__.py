@@ -9,8 +9,9 @@ with FakeIssuer() as issuer:
     assert TokenVerifier(config).verify(token).namespace == "payments"
 ```
 
-The fake issuer also answers TokenReview like kube-apiserver (`delete_pod`, `delete_service_account`,
-`fail(mode, endpoint="tokenreview")`, a 10 s positive cache following `clock`), for TokenReview mode.
+The fake issuer also answers TokenReview like kube-apiserver (`delete_pod`, `recreate_pod`,
+`delete_service_account`, `recreate_service_account`, `fail(mode, endpoint="tokenreview")`, a 10 s positive
+cache following `clock`), for TokenReview mode.
 
 With pytest, the `k8s_issuer` fixture (from the plugin this package registers) gives a running
 `FakeIssuer`, shared by the session and reset before each test.

@@ -3,22 +3,44 @@
 * `TokenReviewResult.from_response`: whatever the document, a `TokenReviewResult` or `TokenReviewUnavailable`
   (`review_unavailable`, 503), never `KeyError`/`TypeError`/`AttributeError`/`RecursionError`; the shared-store
   reader built on it (`_decode`) answers `None` for what it cannot use.
+* Each ASGI/WSGI adapter's request path, through its framework's test client: the Starlette middleware, the FastAPI
+  dependencies (`install` + `Workload` / `Depends(require_workload(...))`) and the Flask extension (enforcing mode
+  and `@workload_required`), with generated credentials headers (tests/_fuzz_http.py). The answer is exactly what
+  the core says (200, or 401/403/503 with our JSON body, an RFC 6750 challenge on 401/403 and `Retry-After` on 503),
+  no exception escapes the client, and no token shows in the body, the headers or the logs. The Django middleware
+  and DRF are fuzzed the same way in tests/django_tests/test_fuzz_adapters.py.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from hypothesis import given, settings
+from fastapi import Depends, FastAPI
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from k8s_jwt_auth import TokenReviewUnavailable
+from k8s_jwt_auth import Policy, TokenReviewUnavailable, TokenVerifier, WorkloadIdentity
+from k8s_jwt_auth.integrations.fastapi import Workload, install, require_workload
+from k8s_jwt_auth.integrations.flask import K8sJWTAuth, current_workload, workload_required
+from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
 from k8s_jwt_auth.tokenreview import TokenReviewResult, _decode, _Entry
 
+from ._asgi import TestClient
+from ._fuzz_http import ROUTE_RULES, Answer, Sent, check_answer, expected, fuzz_verifier, requests
 from .conftest import FIXTURES
 from .test_fuzz import json_values
 
@@ -155,3 +177,152 @@ def test_a_shared_store_value_is_an_entry_or_none(value: bytes) -> None:
     """Values another replica (or anything with access to the store) wrote are read back or ignored, never raise."""
     entry = _decode(value, now=0.0)
     assert entry is None or isinstance(entry, _Entry)
+
+
+# -- the adapters' request paths -----------------------------------------------------------------------------
+
+fuzzing = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def verifier() -> TokenVerifier:
+    return fuzz_verifier()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="k8s_jwt_auth")
+    return caplog
+
+
+def _check_workload(document: dict[str, Any], want: Answer) -> None:
+    if want.workload is not None:
+        assert document == {"username": want.workload.username}
+
+
+async def starlette_whoami(request: Request) -> JSONResponse:
+    return JSONResponse({"username": request.user.workload.username})
+
+
+async def starlette_ws_whoami(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_json({"username": websocket.user.workload.username})
+    await websocket.close()
+
+
+@pytest.fixture(scope="module")
+def starlette_client(verifier: TokenVerifier) -> Iterator[TestClient]:
+    app = Starlette(routes=[Route("/whoami", starlette_whoami), WebSocketRoute("/ws", starlette_ws_whoami)],
+                    middleware=[Middleware(K8sJWTAuthMiddleware, verifier=verifier)])
+    with TestClient(app) as client:
+        yield client
+
+
+@fuzzing
+@given(sent=requests())
+def test_starlette_middleware(starlette_client: TestClient, verifier: TokenVerifier, logs: pytest.LogCaptureFixture,
+                              sent: Sent) -> None:
+    # httpx refuses a str header value that is not ASCII, so values go as bytes (CR, LF, NUL and bytes >= 0x80 pass
+    # through the TestClient). It lower-cases header names: the name's case does not reach the app.
+    logs.clear()
+    headers = sent.as_bytes()
+    response = starlette_client.get("/whoami", headers=headers)
+    want = expected([value for _, value in headers], verifier, [verifier.policy])
+    document = check_answer(response.status_code, response.headers.multi_items(), response.content, want,
+                            sent.secrets, logs.text)
+    _check_workload(document, want)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sent=requests())
+def test_starlette_middleware_websocket(starlette_client: TestClient, verifier: TokenVerifier,
+                                        logs: pytest.LogCaptureFixture, sent: Sent) -> None:
+    """A refused websocket is closed before it is accepted: 1013 when keys are unavailable, else 1008, the reason
+    code as the close reason."""
+    # websocket_connect takes a dict: headers whose names are equal (same case) collapse into the last one, but
+    # names in different cases still reach the app as repeated headers.
+    logs.clear()
+    headers = {name.decode("ascii"): value for name, value in sent.as_bytes()}
+    want = expected(list(headers.values()), verifier, [verifier.policy])
+    event(f"{want.status} {want.reason or 'ok'}")
+    try:
+        with starlette_client.websocket_connect("/ws", headers=headers) as websocket:
+            answer = websocket.receive_json()
+    except WebSocketDisconnect as closed:
+        assert want.status != 200
+        assert (closed.code, closed.reason) == (1013 if want.status == 503 else 1008, want.reason)
+    else:
+        assert want.workload is not None and answer == {"username": want.workload.username}
+    assert not any(secret in logs.text for secret in sent.secrets)
+
+
+PAYMENTS = require_workload(*ROUTE_RULES)
+
+
+@pytest.fixture(scope="module")
+def fastapi_client(verifier: TokenVerifier) -> Iterator[TestClient]:
+    app = FastAPI()
+    install(app, verifier)
+
+    @app.get("/whoami")
+    async def whoami(workload: Workload) -> dict[str, str]:
+        return {"username": workload.username}
+
+    @app.get("/payments")
+    async def payments(workload: Annotated[WorkloadIdentity, Depends(PAYMENTS)]) -> dict[str, str]:
+        return {"username": workload.username}
+
+    with TestClient(app) as client:
+        yield client
+
+
+@fuzzing
+@given(sent=requests(), path=st.sampled_from(["/whoami", "/payments"]))
+def test_fastapi_dependencies(fastapi_client: TestClient, verifier: TokenVerifier, logs: pytest.LogCaptureFixture,
+                              sent: Sent, path: str) -> None:
+    # As for Starlette: bytes values, names lower-cased by the client. FastAPI's HTTPBearer (auto_error=False, for
+    # the OpenAPI scheme) reads the header first and must not answer on its own.
+    logs.clear()
+    headers = sent.as_bytes()
+    response = fastapi_client.get(path, headers=headers)
+    policies = [verifier.policy] if path == "/whoami" else [Policy(ROUTE_RULES)]  # a route's rules replace ALLOW
+    want = expected([value for _, value in headers], verifier, policies)
+    document = check_answer(response.status_code, response.headers.multi_items(), response.content, want,
+                            sent.secrets, logs.text)
+    _check_workload(document, want)
+
+
+@pytest.fixture(scope="module")
+def flask_client(verifier: TokenVerifier) -> FlaskClient:
+    app = Flask(__name__)
+    app.config.update(TESTING=True, K8S_JWT_AUTH_ENFORCE=True)  # TESTING: an exception reaches the test
+    K8sJWTAuth(app, verifier=verifier)
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, str]:
+        return {"username": current_workload.username}
+
+    @app.get("/payments")
+    @workload_required(*ROUTE_RULES)
+    def payments() -> dict[str, str]:
+        return {"username": current_workload.username}
+
+    return app.test_client()
+
+
+@fuzzing
+@given(sent=requests(), path=st.sampled_from(["/whoami", "/payments"]))
+def test_flask_extension(flask_client: FlaskClient, verifier: TokenVerifier, logs: pytest.LogCaptureFixture,
+                         sent: Sent, path: str) -> None:
+    # Werkzeug's test client takes any str (even beyond latin-1, which a real WSGI server cannot pass) but refuses
+    # CR and LF in a value, so those are dropped. Repeated headers reach the app joined with ", " (one WSGI environ
+    # key per header), as a server joins them; names may have any case.
+    logs.clear()
+    headers = [(name, value.replace("\r", "").replace("\n", "")) for name, value in sent.headers]
+    response = flask_client.get(path, headers=headers)
+    received = [", ".join(value for _, value in headers)] if headers else []
+    policies = [verifier.policy] + ([Policy(ROUTE_RULES)] if path == "/payments" else [])  # ENFORCE, then the view
+    want = expected(received, verifier, policies)
+    document = check_answer(response.status_code, response.headers.items(), response.get_data(), want, sent.secrets,
+                            logs.text)
+    _check_workload(document, want)

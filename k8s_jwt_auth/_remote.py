@@ -40,7 +40,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import certifi
@@ -86,6 +86,7 @@ REFRESH_AHEAD = 0.8  # refresh in the background once keys are this far into the
 MAX_UNKNOWN_KIDS = 1024  # bound of the negative cache
 SHARED_POLL_FIRST = 0.02  # seconds between reads of a shared key set another process is fetching (doubling)
 SHARED_POLL_MAX = 0.2
+DEFAULT_SHARED_KEYS_MAX_AGE = 60.0  # seconds; see VerifierConfig.shared_keys_max_age
 
 FetchErrorKind = Literal[
     "token_file", "insecure_url", "tls", "connect", "timeout", "protocol", "redirect", "unauthorized",
@@ -521,9 +522,28 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 class _Op:
     """One I/O step of the shared fetch flow, run by the sync or the async driver."""
 
-    kind: Literal["get", "lock", "unlock", "set", "sleep", "fetch"]
+    kind: Literal["get", "lock", "unlock", "set", "replace", "sleep", "fetch"]
     value: bytes = b""
     seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedEntry:
+    """A key set as shared: its place in the fleet's order of publications, then what it holds."""
+
+    seq: int  # 1 + the highest sequence its publisher had seen: publications only ever go up
+    fetched_at: float  # Unix time the fetch from the issuer started (the document is no older)
+    max_age: float
+    jwks_uri: str
+    discovered: bool
+    document: bytes
+
+    @property
+    def order(self) -> tuple[int, float]:
+        return self.seq, self.fetched_at
+
+
+_NEVER: tuple[int, float] = (0, -math.inf)  # the order of "no key set yet"
 
 
 class SharedJwksFetcher:
@@ -532,13 +552,16 @@ class SharedJwksFetcher:
     Same interface as `JwksFetcher` (`fetch()`, `fetch_async()`, `max_duration`). A fetch:
 
     1. reads the shared entry (namespace `"jwks"`, key = issuer + configured `jwks_uri`): the JWKS document,
-       where it came from, when it was fetched (Unix time) and its max age. If it is newer than every
-       document this fetcher handed out before, it is used: no request to the issuer. (So a refetch for an
-       unknown `kid` after a rotation still reaches the issuer unless another process already got the new set.)
-    2. otherwise takes the lease on that key; the holder fetches from the issuer, stores the document for its
-       max age, and gives the lease back;
+       where it came from, its sequence number, when it was fetched (Unix time) and its max age. It is used —
+       no request to the issuer — only if it comes later in the fleet's order (sequence, then fetch time) than
+       every set this fetcher handed out or published, AND it was fetched at most `max_shared_age` seconds ago.
+       So a set replayed into Redis after a rotation (or published late by a slow replica) is never taken once
+       it is older than that bound, and a refetch for an unknown `kid` never takes the set it already had.
+    2. otherwise takes the lease on that key; the holder fetches from the issuer and publishes the document
+       with the next sequence number, unless the store already holds a set later in the order (compared and
+       set in one step with stores that offer `replace`, such as `RedisCache`); then gives the lease back;
     3. a process that does not get the lease polls the entry (up to the fetch `timeout`, retrying the lease
-       in case the holder failed) and fetches by itself if no newer document appears.
+       in case the holder failed) and fetches by itself if no usable document appears.
 
     When the store is unreachable (`available` is false, for stores that say so) it fetches at once. Entries
     are authenticated by the store; anyone who can write them (who has the cache secret) chooses the keys.
@@ -549,19 +572,26 @@ class SharedJwksFetcher:
         max_age: the max age a fetched document is used for, given its `Cache-Control` max-age
             (`RemoteKeySource` passes its clamping rule); shared entries live that long.
         clock: Unix seconds (the entries' `fetched_at`, compared across processes).
+        max_shared_age: the oldest (seconds since its fetch) a shared set may be to be taken.
+
+    Raises:
+        ConfigurationError: for a `max_shared_age` that is not a finite number of seconds >= 0.
     """
 
     namespace = "jwks"
 
     def __init__(self, fetcher: JwksFetcher, shared: SharedStore, *, max_age: Callable[[float | None], float],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_shared_age: float = DEFAULT_SHARED_KEYS_MAX_AGE) -> None:
+        self.max_shared_age = seconds(max_shared_age, "shared_keys_max_age", setting="SHARED_KEYS_MAX_AGE")
         self.fetcher, self.shared = fetcher, shared
         self.issuer, self.jwks_uri, self.timeout = fetcher.issuer, fetcher.jwks_uri, fetcher.timeout
         self.max_duration = fetcher.max_duration + fetcher.timeout + 1.0  # + polling for another's fetch
         self.key = f"{fetcher.issuer}\n{fetcher.jwks_uri or ''}".encode()
         self._max_age, self._clock = max_age, clock
         self._lock = threading.Lock()
-        self._seen = -math.inf  # fetched_at of the newest document handed out
+        self._seen = _NEVER  # the order of the latest set handed out or published
+        self._latest = 0  # the highest sequence seen in the store
+        self._atomic = callable(getattr(shared, "replace", None)) and callable(getattr(shared, "areplace", None))
 
     def __repr__(self) -> str:
         return f"SharedJwksFetcher({self.fetcher!r}, {self.shared!r})"
@@ -615,39 +645,60 @@ class SharedJwksFetcher:
             delay = min(2 * delay, SHARED_POLL_MAX)
 
     def _fetch_and_publish(self) -> Generator[_Op, object, FetchResult | FetchError]:
+        started = self._clock()  # the document is no older than this (a slow fetch must not look newer)
         outcome = yield _Op("fetch")
         if isinstance(outcome, FetchResult) and outcome.document is not None:
-            fetched_at, max_age = self._clock(), self._max_age(outcome.max_age)
+            max_age = self._max_age(outcome.max_age)
             with self._lock:
-                self._seen = max(self._seen, fetched_at)
-            header = {"fetched_at": fetched_at, "max_age": max_age, "jwks_uri": outcome.jwks_uri,
+                seq = max(self._latest, self._seen[0]) + 1
+                self._seen = max(self._seen, (seq, started))
+            header = {"seq": seq, "fetched_at": started, "max_age": max_age, "jwks_uri": outcome.jwks_uri,
                       "discovered": outcome.discovered}
             entry = json.dumps(header, separators=(",", ":")).encode() + b"\n" + outcome.document
-            yield _Op("set", entry, max_age)
+            yield from self._publish(entry, max_age)
         assert isinstance(outcome, (FetchResult, FetchError))  # noqa: S101 - what the drivers answer
         return outcome
 
+    def _publish(self, entry: bytes, max_age: float) -> Generator[_Op, object, None]:
+        """Store `entry` unless the store holds a set later in the fleet's order (never newer -> older)."""
+        if self._atomic:  # compared and set in one step by the store
+            yield _Op("replace", entry, max_age)
+            return
+        if not self._keeps((yield _Op("get")), entry):  # a store without `replace`: read, then write
+            yield _Op("set", entry, max_age)
+
+    def _keeps(self, current: object, entry: bytes) -> bool:
+        """Whether the stored set `current` must stay rather than be replaced by our `entry`."""
+        stored, ours = _shared_entry(current), _shared_entry(entry)
+        if stored is None or ours is None:
+            return False
+        with self._lock:
+            self._latest = max(self._latest, stored.seq)
+        return stored.order >= ours.order
+
     def _newer(self, entry: object) -> FetchResult | None:
-        """The shared document, if there is one and it is newer than any handed out before."""
+        """The shared set, if it comes after every set handed out or published here and is recent enough."""
         parsed = _shared_entry(entry)
         if parsed is None:
             return None
-        fetched_at, max_age, jwks_uri, discovered, document = parsed
         with self._lock:
-            if fetched_at <= self._seen:
+            self._latest = max(self._latest, parsed.seq)
+            if parsed.order <= self._seen:
                 return None
-        try:
-            keys = KeySet.from_jwks(document, max_keys=self.fetcher.max_keys)
-        except ValueError:
+        age = self._clock() - parsed.fetched_at
+        if abs(age) > self.max_shared_age:  # maybe replayed into the store; or a replica's clock is off
+            logger.debug("not taking the key set of %s another process fetched %.0f s ago (more than "
+                         "shared_keys_max_age, %g s): asking the issuer", self.issuer, age, self.max_shared_age)
             return None
-        if not len(keys):
+        keys = _parse_shared(parsed.document, self.fetcher.max_keys)
+        if keys is None:
             return None
         with self._lock:
-            self._seen = max(self._seen, fetched_at)
-        age = min(max(self._clock() - fetched_at, 0.0), max_age)
+            self._seen = max(self._seen, parsed.order)
+        age = min(max(age, 0.0), parsed.max_age)
         logger.debug("using the key set of %s another process fetched %.0f s ago", self.issuer, age)
-        return FetchResult(self.issuer, jwks_uri, discovered, keys, max_age, document=document, age=age,
-                           shared=True)
+        return FetchResult(self.issuer, parsed.jwks_uri, parsed.discovered, keys, parsed.max_age,
+                           document=parsed.document, age=age, shared=True)
 
     # -- the drivers -----------------------------------------------------------------------------
 
@@ -662,6 +713,10 @@ class SharedJwksFetcher:
             return None
         if op.kind == "set":
             shared.set(namespace, key, op.value, op.seconds)
+            return None
+        if op.kind == "replace":
+            shared.replace(namespace, key, op.value, op.seconds,  # type: ignore[attr-defined]
+                           keep=lambda current: self._keeps(current, op.value))
             return None
         if op.kind == "sleep":
             time.sleep(op.seconds)
@@ -683,6 +738,10 @@ class SharedJwksFetcher:
         if op.kind == "set":
             await shared.aset(namespace, key, op.value, op.seconds)
             return None
+        if op.kind == "replace":
+            await shared.areplace(namespace, key, op.value, op.seconds,  # type: ignore[attr-defined]
+                                  keep=lambda current: self._keeps(current, op.value))
+            return None
         if op.kind == "sleep":
             await asyncio.sleep(op.seconds)
             return None
@@ -692,8 +751,8 @@ class SharedJwksFetcher:
             return exc
 
 
-def _shared_entry(entry: object) -> tuple[float, float, str, bool, bytes] | None:
-    """(fetched_at, max_age, jwks_uri, discovered, document) of a shared entry, or `None` if unusable."""
+def _shared_entry(entry: object) -> _SharedEntry | None:
+    """A shared entry's header and document, or `None` if unusable (entries without a sequence included)."""
     if not isinstance(entry, bytes) or b"\n" not in entry:
         return None
     head, document = entry.split(b"\n", 1)
@@ -703,12 +762,24 @@ def _shared_entry(entry: object) -> tuple[float, float, str, bool, bytes] | None
         return None
     if not isinstance(header, dict):
         return None
-    fetched_at, max_age = header.get("fetched_at"), header.get("max_age")
+    seq, fetched_at, max_age = header.get("seq"), header.get("fetched_at"), header.get("max_age")
     jwks_uri, discovered = header.get("jwks_uri"), header.get("discovered")
-    if not (isinstance(fetched_at, (int, float)) and isinstance(max_age, (int, float)) and max_age > 0
+    if not (type(seq) is int and seq > 0 and _finite(fetched_at) and _finite(max_age) and max_age > 0
             and isinstance(jwks_uri, str) and isinstance(discovered, bool)):
         return None
-    return float(fetched_at), float(max_age), jwks_uri, discovered, document
+    return _SharedEntry(seq, float(fetched_at), float(max_age), jwks_uri, discovered, document)
+
+
+def _finite(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_shared(document: bytes, max_keys: int) -> KeySet | None:
+    try:
+        keys = KeySet.from_jwks(document, max_keys=max_keys)
+    except ValueError:
+        return None
+    return keys if len(keys) else None
 
 
 def _outcome(outcome: FetchResult | FetchError) -> FetchResult:
@@ -800,6 +871,9 @@ class RemoteKeySource:
         max_response_size: the largest accepted response body, in bytes.
         max_keys: the most keys accepted in one JWKS document; a larger document is refused whole.
         clock: monotonic seconds (`time.monotonic`); inject a fake one in tests.
+        wall_clock: Unix seconds (`time.time`), for the fetch times of key sets shared with other processes.
+        shared_keys_max_age: with `shared`, a key set another process fetched is taken only if it was fetched
+            at most this many seconds ago; otherwise this process asks the issuer (and publishes what it gets).
         observer: told the outcome of every fetch (`on_fetch`); a `TokenVerifier` given an observer sets it
             when it is `None`.
         shared: a store shared by processes and pods (e.g. `k8s_jwt_auth.redis_cache.RedisCache`): fetched
@@ -828,6 +902,8 @@ class RemoteKeySource:
         clock: Callable[[], float] | None = None,
         observer: Observer | None = None,
         shared: SharedStore | None = None,
+        wall_clock: Callable[[], float] | None = None,
+        shared_keys_max_age: float = DEFAULT_SHARED_KEYS_MAX_AGE,
     ) -> None:
         self.observer = observer
         cache_max_age = seconds(cache_max_age, "cache_max_age", setting="CACHE_MAX_AGE")
@@ -840,7 +916,8 @@ class RemoteKeySource:
         self._cache_max_age, self._cooldown, self._max_stale = cache_max_age, cooldown, max_stale
         self.shared = shared
         self._via: JwksFetcher | SharedJwksFetcher = self.fetcher if shared is None else SharedJwksFetcher(
-            self.fetcher, shared, max_age=self._effective_max_age)
+            self.fetcher, shared, max_age=self._effective_max_age, clock=wall_clock or time.time,
+            max_shared_age=shared_keys_max_age)
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
         self._wait_limit = self._via.max_duration + 1.0
         self._lock = threading.Lock()
@@ -859,8 +936,9 @@ class RemoteKeySource:
     def from_config(
         cls, config: VerifierConfig, *, clock: Callable[[], float] | None = None,
         ssl_context: ssl.SSLContext | None = None, shared: SharedStore | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> RemoteKeySource:
-        """The remote source a `VerifierConfig` describes (`shared`: see the class).
+        """The remote source a `VerifierConfig` describes (`shared`, `wall_clock`: see the class).
 
         Raises:
             ConfigurationError: when the CA file cannot be loaded.
@@ -869,7 +947,8 @@ class RemoteKeySource:
                    token_file=config.token_file, timeout=config.timeout, cache_max_age=config.cache_max_age,
                    cooldown=config.cooldown, max_stale=config.max_stale,
                    allow_insecure_http=config.allow_insecure_http, max_response_size=config.max_response_size,
-                   max_keys=config.max_keys, connect_timeout=config.connect_timeout, clock=clock, shared=shared)
+                   max_keys=config.max_keys, connect_timeout=config.connect_timeout, clock=clock, shared=shared,
+                   wall_clock=wall_clock, shared_keys_max_age=config.shared_keys_max_age)
 
     def __repr__(self) -> str:
         return f"RemoteKeySource(issuer={self.fetcher.issuer!r}, jwks_uri={self.fetcher.jwks_uri!r})"

@@ -12,7 +12,11 @@ A shared store holds small, *authenticated* byte values under (namespace, key) p
   whether to wait or to fetch itself). `unlock`/`aunlock` give the lease back.
 
 A store may also expose `available: bool` (`False` while it skips a backend that failed): the key-set
-sharing then fetches at once instead of waiting for another process to publish a key set.
+sharing then fetches at once instead of waiting for another process to publish a key set. And it may offer
+`replace(namespace, key, value, ttl, *, keep)` / `areplace(...)` (`RedisCache` does): store `value` unless the
+authentic value stored now is one `keep(current)` says must stay, read and written in one step; a newer
+shared key set is then never replaced by an older one, even by a process that publishes late (without it,
+the key-set sharing reads, compares and writes in two steps).
 
 Keys are bytes such as a token's SHA-256 digest; the store derives its own key names from them (never
 the raw key), so a token never reaches the store. Namespaces used by k8s-jwt-auth: `"v"` (verified

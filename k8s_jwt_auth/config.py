@@ -40,6 +40,7 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `REDIS_PREFIX` | `redis_prefix` | key prefix in Redis (default `k8s-jwt-auth:`) |
 | `REDIS_TIMEOUT` | `redis_timeout` | seconds a Redis call may take before it is skipped |
 | `REDIS_SHARE_TOKENS` | `redis_share_tokens` | bool: share verified tokens too, not only key sets and reviews |
+| `SHARED_KEYS_MAX_AGE` | `shared_keys_max_age` | seconds: a key set in Redis older than this is not taken |
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class VerifierConfig:
     redis_prefix: str = "k8s-jwt-auth:"
     redis_timeout: float = 0.1
     redis_share_tokens: bool = True
+    shared_keys_max_age: float = 60.0
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -400,7 +402,7 @@ def _float_or_none(value: object) -> float | None:
 
 
 _SECONDS = ("leeway", "timeout", "connect_timeout", "cache_max_age", "cooldown", "max_stale", "token_cache_ttl",
-            "tokenreview_cache_ttl", "redis_timeout")
+            "tokenreview_cache_ttl", "redis_timeout", "shared_keys_max_age")
 _POSITIVE_SECONDS = frozenset({"timeout", "connect_timeout", "redis_timeout"})  # no time limit can hang a call
 # integer settings and their smallest sensible value (a token cache of size 0 is off)
 _WHOLE_NUMBERS = {"max_token_size": 256, "max_response_size": 1024, "max_keys": 1, "token_cache_size": 0}
@@ -441,6 +443,7 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "REDIS_PREFIX": ("redis_prefix", _identity),
     "REDIS_TIMEOUT": ("redis_timeout", _identity),
     "REDIS_SHARE_TOKENS": ("redis_share_tokens", _bool),
+    "SHARED_KEYS_MAX_AGE": ("shared_keys_max_age", _identity),
 }
 assert {n for n, _ in _SUFFIXES.values()} <= {f.name for f in fields(VerifierConfig)}
 

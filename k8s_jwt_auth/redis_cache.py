@@ -14,6 +14,8 @@ What reaches Redis:
   embedded expiry is ignored even if Redis still holds it. Write access to Redis therefore cannot mint
   identities; only the secret can.
 * entries carry a Redis TTL (`PX`) of at most the `ttl` asked for; `ttl <= 0` stores nothing.
+* `replace` stores a value unless the authentic value stored now is one the caller keeps (e.g. a newer key
+  set): `WATCH`, `GET`, then `MULTI`/`SET`/`EXEC`, so nothing written in between is overwritten.
 * leases (`try_lock`) are `SET NX PX` of a random value under `prefix + namespace + ":lock:" + hex(...)`;
   `unlock` deletes the lease only if it still holds that value. Leases are not authenticated: a forged
   lease only makes other processes wait (boundedly) and then do the work themselves.
@@ -57,7 +59,7 @@ try:
     from redis.backoff import NoBackoff
     from redis.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection, parse_url
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, WatchError
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError('k8s_jwt_auth.redis_cache needs redis-py: pip install "k8s-jwt-auth[redis]"') from exc
@@ -344,6 +346,27 @@ class RedisCache:
             name, data, px = entry
             await self._acall(lambda c: c.set(name, data, px=px), lambda: self._client.set(name, data, px=px))
 
+    def replace(self, namespace: str, key: bytes, value: bytes, ttl: float, *, keep: Callable[[bytes], bool]) -> bool:
+        """Store `value` like `set`, unless the authentic value stored now is one `keep` says must stay; read and
+        write in one step (`WATCH`/`MULTI`/`EXEC`). `False` when nothing was stored: kept, another write came in
+        between, or Redis failed."""
+        entry = self._entry(namespace, key, value, ttl)
+        if entry is None:
+            return False
+        name, data, px = entry
+        return self._call(lambda: self._replace(namespace, name, data, px, keep), (bool,), "WATCH/EXEC") is True
+
+    async def areplace(self, namespace: str, key: bytes, value: bytes, ttl: float, *,
+                       keep: Callable[[bytes], bool]) -> bool:
+        """Like `replace`, without blocking the event loop."""
+        entry = self._entry(namespace, key, value, ttl)
+        if entry is None:
+            return False
+        name, data, px = entry
+        done = await self._acall(lambda c: self._areplace(c, namespace, name, data, px, keep),
+                                 lambda: self._replace(namespace, name, data, px, keep), (bool,), "WATCH/EXEC")
+        return done is True
+
     def try_lock(self, namespace: str, key: bytes, ttl: float) -> bool:
         """Take a lease for `ttl` seconds; `False` if another process holds it or Redis cannot be reached."""
         name, token, px = self._lease(namespace, key, ttl)
@@ -453,6 +476,38 @@ class RedisCache:
             return None
         self._count("_hits")
         return data[head:]
+
+    def _replace(self, namespace: str, name: str, data: bytes, px: int, keep: Callable[[bytes], bool]) -> bool:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.watch(name)  # type: ignore[no-untyped-call]
+            if self._kept(namespace, name, pipe.get(name), keep):
+                return False
+            pipe.multi()
+            pipe.set(name, data, px=px)
+            try:
+                pipe.execute()
+            except WatchError:  # written in between: that write stands
+                return False
+        return True
+
+    async def _areplace(self, client: redis.asyncio.Redis, namespace: str, name: str, data: bytes, px: int,
+                        keep: Callable[[bytes], bool]) -> bool:
+        async with client.pipeline(transaction=True) as pipe:
+            await pipe.watch(name)
+            if self._kept(namespace, name, await pipe.get(name), keep):
+                return False
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(name, data, px=px)
+            try:
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
+
+    def _kept(self, namespace: str, name: str, raw: object, keep: Callable[[bytes], bool]) -> bool:
+        _expect(raw, _VALUE, "GET")
+        current = self._read(namespace, name, raw)
+        return current is not None and keep(current)
 
     def _tampered_entry(self, namespace: str, name: str) -> None:
         now = self._timer()

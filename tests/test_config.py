@@ -294,7 +294,7 @@ def test_tokenreview_url_is_only_checked_when_tokenreview_is_on() -> None:
 SECONDS_SETTINGS = {"LEEWAY": "leeway", "MAX_TOKEN_AGE": "max_token_age", "TIMEOUT": "timeout",
                     "CACHE_MAX_AGE": "cache_max_age", "COOLDOWN": "cooldown", "MAX_STALE": "max_stale",
                     "TOKEN_CACHE_TTL": "token_cache_ttl", "TOKENREVIEW_CACHE_TTL": "tokenreview_cache_ttl",
-                    "REDIS_TIMEOUT": "redis_timeout"}
+                    "REDIS_TIMEOUT": "redis_timeout", "SHARED_KEYS_MAX_AGE": "shared_keys_max_age"}
 BAD_SECONDS = ["nan", "NaN", "inf", "-inf", "Infinity", "-1", "1e999", float("nan"), float("inf"), -0.5, True, "x"]
 
 

@@ -23,12 +23,13 @@ import anyio
 import pytest
 
 from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
-from k8s_jwt_auth._remote import FetchResult, RemoteKeySource, SharedJwksFetcher
+from k8s_jwt_auth._remote import FetchResult, JwksFetcher, RemoteKeySource, SharedJwksFetcher
 from k8s_jwt_auth.keys import key_source_from_config
 from k8s_jwt_auth.redis_cache import RedisCache
 from k8s_jwt_auth.testing import FakeIssuer, SigningKey
 
 from ._redis import RedisServer, redis_server, redis_session
+from ._stores import MemoryStore
 
 __all__ = ["redis_server", "redis_session"]  # fixtures
 
@@ -68,9 +69,10 @@ def sources(issuer: FakeIssuer, caches: Callable[..., RedisCache]) -> Iterator[C
     """Remote key sources for the fake issuer, each with its own RedisCache (as separate pods would have)."""
     made: list[RemoteKeySource] = []
 
-    def factory(clock: Callable[[], float] | None = None, **cache_settings: Any) -> RemoteKeySource:
-        config = VerifierConfig(issuer=issuer.issuer, audiences=["test"])
-        made.append(RemoteKeySource.from_config(config, clock=clock, shared=caches(**cache_settings)))
+    def factory(clock: Callable[[], float] | None = None, wall_clock: Callable[[], float] | None = None,
+                **settings: Any) -> RemoteKeySource:
+        config = VerifierConfig(issuer=issuer.issuer, audiences=["test"], **settings)
+        made.append(RemoteKeySource.from_config(config, clock=clock, shared=caches(), wall_clock=wall_clock))
         return made[-1]
 
     yield factory
@@ -218,18 +220,163 @@ def test_a_genuinely_unknown_kid_after_a_shared_key_set_asks_the_issuer_once_per
 
 
 def test_a_shared_document_is_used_for_what_is_left_of_its_max_age(issuer: FakeIssuer,
-                                                                   caches: Callable[..., RedisCache]) -> None:
-    config = VerifierConfig(issuer=issuer.issuer, audiences=["test"])
-    wall = FakeClock(1_800_000_000.0)
-    first = RemoteKeySource.from_config(config, shared=caches())
-    first.get(issuer.key.kid, "RS256")
-    later = RemoteKeySource.from_config(config, clock=FakeClock(), shared=caches())
-    later._via = SharedJwksFetcher(later.fetcher, caches(), max_age=later._effective_max_age, clock=wall)
-    wall.now = time.time() + 100  # this replica starts 100 s after the first one fetched
+                                                                   sources: Callable[..., RemoteKeySource]) -> None:
+    wall = FakeClock(time.time())
+    sources(wall_clock=wall).get(issuer.key.kid, "RS256")
+    wall.now += 30  # this replica starts 30 s after the first one fetched
+    later = sources(FakeClock(), wall_clock=wall)
     later.get(issuer.key.kid, "RS256")
     status = later.status()
     assert issuer.jwks_fetches == 1 and status.max_age == 600
-    assert status.last_refresh_age is not None and 99 < status.last_refresh_age < 102
+    assert status.last_refresh_age is not None and 29 < status.last_refresh_age < 32
+
+
+# -- a shared key set is never older than one the fleet published (#14 item 4b) -------------------
+
+
+def shared_key_set(server: RedisServer) -> tuple[bytes, bytes]:
+    """The name and raw (authenticated) value of the one key set shared in Redis."""
+    with server.client() as raw:
+        (name,) = [k for k in raw.scan_iter("k8s-jwt-auth:jwks:*") if b":lock:" not in k]
+        return name, raw.get(name)
+
+
+def test_a_fresh_replica_does_not_take_a_shared_key_set_older_than_the_bound(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
+    wall = FakeClock(time.time())
+    sources(wall_clock=wall).get(issuer.key.kid, "RS256")
+    wall.now += 61  # older than SHARED_KEYS_MAX_AGE (60 s): this replica asks the issuer itself
+    later = sources(wall_clock=wall)
+    later.get(issuer.key.kid, "RS256")
+    assert issuer.jwks_fetches == 2
+    wall.now += 10  # ... and publishes: the next replica takes its set
+    sources(wall_clock=wall).get(issuer.key.kid, "RS256")
+    assert issuer.jwks_fetches == 2
+    wall.now += 20
+    strict = sources(wall_clock=wall, shared_keys_max_age=15)
+    strict.get(issuer.key.kid, "RS256")
+    assert issuer.jwks_fetches == 3
+
+
+def test_a_replayed_key_set_does_not_bring_back_a_removed_key(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource], redis_server: RedisServer) -> None:
+    """#14 item 4b: an old, still unexpired (and authentic) key set written back into Redis after a rotation
+    made a freshly started replica trust the removed key for the rest of that entry's lifetime."""
+    wall = FakeClock(time.time())
+    old = issuer.key
+    sources(wall_clock=wall).get(old.kid, "RS256")
+    name, recorded = shared_key_set(redis_server)  # what someone with write access to Redis keeps
+    new = issuer.rotate()  # the old key is removed: tokens it signed must stop verifying
+    wall.now += 120
+    assert sources(wall_clock=wall).get(new.kid, "RS256").kid == new.kid  # the fleet publishes the new set
+    assert issuer.jwks_fetches == 2
+    with redis_server.client() as raw:
+        raw.set(name, recorded, px=300_000)  # replayed: authentic, its embedded expiry still ahead
+    wall.now += 5
+    fresh = sources(wall_clock=wall)
+    with pytest.raises(InvalidToken) as info:
+        fresh.get(old.kid, "RS256")
+    assert info.value.reason == "unknown_key" and fresh.status().kids == (new.kid,)
+    assert issuer.jwks_fetches == 3  # the replayed set was too old to take: the issuer was asked
+
+
+class _HeldFetcher(JwksFetcher):
+    """A fetcher that answers what the issuer served before a rotation, once the test lets it."""
+
+    def __init__(self, issuer: str, answer: FetchResult) -> None:
+        super().__init__(issuer)
+        self.answer, self.started, self.release = answer, threading.Event(), threading.Event()
+
+    def fetch(self) -> FetchResult:
+        self.started.set()
+        assert self.release.wait(10)
+        return self.answer
+
+
+def test_a_slow_replica_never_replaces_a_newer_shared_key_set(issuer: FakeIssuer,
+                                                              caches: Callable[..., RedisCache]) -> None:
+    """#14 item 4b: a replica whose fetch started before a rotation and ended after another replica published
+    the new set used to overwrite it with the old one (its fetched_at, taken at the end, looked newer)."""
+    before = JwksFetcher(issuer.issuer).fetch()
+    new = issuer.rotate()
+    held = _HeldFetcher(issuer.issuer, before)
+    slow = SharedJwksFetcher(held, caches(), max_age=lambda advertised: 600.0)
+    thread = threading.Thread(target=slow.fetch)
+    thread.start()
+    assert held.started.wait(10)  # it holds the lease and the pre-rotation answer
+    fast = SharedJwksFetcher(JwksFetcher(issuer.issuer, timeout=0.3), caches(), max_age=lambda advertised: 600.0)
+    assert fast.fetch().keys.kids == (new.kid,)  # polled 0.3 s for the lease holder, then fetched and published
+    held.release.set()
+    thread.join(10)
+    reader = SharedJwksFetcher(JwksFetcher(issuer.issuer), caches(), max_age=lambda advertised: 600.0)
+    taken = reader.fetch()
+    assert taken.shared and taken.keys.kids == (new.kid,)
+    assert issuer.jwks_fetches == 2  # the reader took it from Redis
+
+
+def test_a_slow_replica_never_replaces_a_newer_key_set_in_a_store_without_replace(issuer: FakeIssuer) -> None:
+    """The same with a store that cannot compare and set in one step: read, compare, then write."""
+    store = MemoryStore(time.time)
+    before = JwksFetcher(issuer.issuer).fetch()
+    new = issuer.rotate()
+    held = _HeldFetcher(issuer.issuer, before)
+    slow = SharedJwksFetcher(held, store, max_age=lambda advertised: 600.0)  # MemoryStore always leases
+    thread = threading.Thread(target=slow.fetch)
+    thread.start()
+    assert held.started.wait(10)
+    SharedJwksFetcher(JwksFetcher(issuer.issuer), store, max_age=lambda advertised: 600.0).fetch()
+    held.release.set()
+    thread.join(10)
+    assert len(store.sets) == 1  # the slow one read the newer set (seq 1 too, fetched later) and did not write
+    taken = SharedJwksFetcher(JwksFetcher(issuer.issuer), store, max_age=lambda advertised: 600.0).fetch()
+    assert taken.shared and taken.keys.kids == (new.kid,)
+
+
+@pytest.mark.parametrize("header", [
+    {"fetched_at": 0, "max_age": 600, "jwks_uri": "u", "discovered": True},  # before sequences: never taken
+    {"seq": 0, "fetched_at": 0, "max_age": 600, "jwks_uri": "u", "discovered": True},
+    {"seq": True, "fetched_at": 0, "max_age": 600, "jwks_uri": "u", "discovered": True},
+    {"seq": 1.5, "fetched_at": 0, "max_age": 600, "jwks_uri": "u", "discovered": True},
+    {"seq": 1, "fetched_at": "now", "max_age": 600, "jwks_uri": "u", "discovered": True},
+    {"seq": 1, "fetched_at": 0, "max_age": 0, "jwks_uri": "u", "discovered": True},
+])
+def test_a_shared_key_set_without_a_valid_sequence_is_not_taken_and_is_replaced(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource], caches: Callable[..., RedisCache],
+        header: dict[str, Any]) -> None:
+    header = {**header, "fetched_at": time.time()} if header["fetched_at"] == 0 else header
+    store, key = caches(), f"{issuer.issuer}\n".encode()
+    store.set("jwks", key, json.dumps(header).encode() + b"\n" + json.dumps(issuer.jwks()).encode(), 600)
+    sources().get(issuer.key.kid, "RS256")
+    assert issuer.jwks_fetches == 1
+    stored = store.get("jwks", key)
+    assert stored is not None and json.loads(stored.split(b"\n", 1)[0])["seq"] == 1
+
+
+def test_a_replica_never_takes_a_replayed_set_older_than_one_it_had(
+        issuer: FakeIssuer, sources: Callable[..., RemoteKeySource], redis_server: RedisServer) -> None:
+    clock = FakeClock()
+    sources().get(issuer.key.kid, "RS256")
+    name, recorded = shared_key_set(redis_server)
+    new = issuer.rotate()
+    replica = sources(clock)
+    assert replica.get(new.kid, "RS256").kid == new.kid  # took the old set, then asked the issuer (4c)
+    with redis_server.client() as raw:
+        raw.set(name, recorded, px=300_000)  # replayed within SHARED_KEYS_MAX_AGE: recent, but older
+    clock.now += 601  # the replica's keys expire: it refetches before answering
+    assert replica.get(new.kid, "RS256").kid == new.kid and replica.status().kids == (new.kid,)
+    assert issuer.jwks_fetches == 3
+
+
+def test_shared_keys_max_age_is_a_setting(issuer: FakeIssuer, sources: Callable[..., RemoteKeySource],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    assert VerifierConfig(issuer=issuer.issuer, audiences=["test"]).shared_keys_max_age == 60.0
+    assert sources()._via.max_shared_age == 60.0  # type: ignore[union-attr]
+    monkeypatch.setenv("K8S_JWT_AUTH_ISSUER", issuer.issuer)
+    monkeypatch.setenv("K8S_JWT_AUTH_AUDIENCES", "test")
+    monkeypatch.setenv("K8S_JWT_AUTH_SHARED_KEYS_MAX_AGE", "15")
+    config = VerifierConfig.from_env()
+    assert config.shared_keys_max_age == 15.0
+    assert sources(shared_keys_max_age=config.shared_keys_max_age)._via.max_shared_age == 15.0  # type: ignore[union-attr]
 
 
 def test_the_shared_fetcher_reports_the_document(issuer: FakeIssuer, caches: Callable[..., RedisCache]) -> None:

@@ -186,12 +186,31 @@ class _Guard:
         return verifier.policy if verifier is not None else None
 
 
+class _BearerScheme(HTTPBearer):
+    """The OpenAPI Bearer scheme, as a dependency that also resolves on websocket routes.
+
+    FastAPI before 0.144 calls its security schemes with a `Request`, which a websocket route does not have
+    (`TypeError: HTTPBearer.__call__() missing 1 required positional argument: 'request'`). The guard reads the
+    header itself, so the scheme is only there for the schema: it asks FastAPI for nothing and reads nothing.
+    """
+
+    async def __call__(self) -> None:  # type: ignore[override]
+        return None
+
+
+class _HeaderScheme(APIKeyHeader):
+    """Like `_BearerScheme`, for a header other than `Authorization`."""
+
+    async def __call__(self) -> None:  # type: ignore[override]
+        return None
+
+
 def _scheme(header: str) -> HTTPBearer | APIKeyHeader:
     if header.lower() == "authorization":
-        return HTTPBearer(auto_error=False, bearerFormat="JWT", scheme_name=SCHEME_NAME,
-                          description=_SCHEME_DESCRIPTION)
-    return APIKeyHeader(name=header, auto_error=False, scheme_name=SCHEME_NAME,
-                        description=f"`{header}: Bearer <token>` with a Kubernetes service-account token.")
+        return _BearerScheme(auto_error=False, bearerFormat="JWT", scheme_name=SCHEME_NAME,
+                             description=_SCHEME_DESCRIPTION)
+    return _HeaderScheme(name=header, auto_error=False, scheme_name=SCHEME_NAME,
+                         description=f"`{header}: Bearer <token>` with a Kubernetes service-account token.")
 
 
 def require_workload(

@@ -421,7 +421,7 @@ def test_workload_client_mints_for_the_middlewares_audiences(issuer: FakeIssuer)
 def test_workload_client_uses_the_middlewares_header_and_config(issuer: FakeIssuer) -> None:
     config = VerifierConfig(issuer=issuer.issuer, audiences=["orders-api"], jwks=issuer.jwks(), allow=["shop/*"])
     app = Starlette(routes=ROUTES, middleware=[
-        Middleware(K8sJWTAuthMiddleware, config, header="X-Forwarded-Authorization")])
+        Middleware(K8sJWTAuthMiddleware, verifier=config, header="X-Forwarded-Authorization")])
     with workload_client(app, issuer, "shop", "cart") as client:
         assert client.headers["x-forwarded-authorization"].startswith("Bearer ")
         assert "authorization" not in client.headers

@@ -20,7 +20,10 @@ Cache rules (defaults from `VerifierConfig`):
   such refetch; the lookup is retried once, then `InvalidToken("unknown_key")`. Unknown kids are
   remembered until that cooldown ends.
 * with a `SharedStore` (`shared=`, e.g. Redis), fetched documents are shared: N processes make one fetch
-  per refresh (`SharedJwksFetcher`); a shared document is used for what is left of its max age.
+  per refresh (`SharedJwksFetcher`); a shared document is used for what is left of its max age, but only
+  if it comes later than any set this process had and its fetch started at most `shared_keys_max_age`
+  (60 s) ago. A `kid` missing from a set taken from the store sends this process to the issuer on the
+  same call (subject to single flight and the cooldown).
 * a failed fetch never drops good keys: they are served for `max_stale` (3600 s) past their `max_age`,
   with a warning on the `k8s_jwt_auth.keys` logger. Failed fetches are retried after 1, 2, 4 ... s, at
   most `max(cooldown, 1 s)` apart. Without usable keys callers get `KeySetUnavailable` (503).

@@ -34,6 +34,9 @@ from ._stores import MemoryStore
 __all__ = ["redis_server", "redis_session"]  # fixtures
 
 SECRET = "0123456789abcdef" * 4
+# These tests are about what replicas share, not about time limits (test_redis_cache.py has those): a generous
+# deadline, so that a loaded machine (8 threads, spawned processes) does not trip the breaker mid-test.
+TIMEOUT = 2.0
 
 
 class FakeClock:
@@ -56,7 +59,7 @@ def caches(redis_server: RedisServer) -> Iterator[Callable[..., RedisCache]]:
     made: list[RedisCache] = []
 
     def factory(**overrides: Any) -> RedisCache:
-        made.append(RedisCache(redis_server.url, secret=SECRET, **overrides))
+        made.append(RedisCache(redis_server.url, secret=SECRET, **{"timeout": TIMEOUT, **overrides}))
         return made[-1]
 
     yield factory
@@ -130,7 +133,7 @@ async def test_a_cold_start_of_many_replicas_fetches_once_async(issuer: FakeIssu
 def _replica_process(issuer: str, redis_url: str, kid: str) -> str | None:
     """A spawned process: a fresh RemoteKeySource + RedisCache asking for one key."""
     source = RemoteKeySource.from_config(VerifierConfig(issuer=issuer, audiences=["test"]),
-                                         shared=RedisCache(redis_url, secret=SECRET))
+                                         shared=RedisCache(redis_url, secret=SECRET, timeout=TIMEOUT))
     return source.get(kid, "RS256").kid
 
 
@@ -442,7 +445,7 @@ def replicas(issuer: FakeIssuer, redis_server: RedisServer) -> Iterator[Callable
 
     def factory(shared: RedisCache | None = None, **overrides: Any) -> TokenVerifier:
         settings: dict[str, Any] = {"issuer": issuer.issuer, "audiences": ["test"], "redis_url": redis_server.url,
-                                    "cache_secret": SECRET}
+                                    "cache_secret": SECRET, "redis_timeout": TIMEOUT}
         settings.update(overrides)
         made.append(TokenVerifier(VerifierConfig(**settings), shared=shared))
         return made[-1]

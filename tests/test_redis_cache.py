@@ -661,5 +661,8 @@ def test_a_value_of_the_wrong_type_counts_as_a_failed_call(reply: str, timer: Cl
     status = cache.status()
     assert (status.errors, status.tampered, status.available) == (1, 0, False)
     (warning,) = redis_warnings(caplog)
-    assert "unexpected" in warning.getMessage()
+    # redis-py >= 8 speaks RESP3 and hands a map, set, boolean or double out as a value, which our type check
+    # refuses; older releases speak RESP2, in which those are no reply at all (redis-py's own protocol error)
+    resp2_only = redis.connection.DEFAULT_RESP_VERSION == 2 and reply in {"map", "set", "boolean", "double"}
+    assert ("InvalidResponse" if resp2_only else "unexpected") in warning.getMessage()
 

@@ -821,7 +821,8 @@ def _retry_after_header(response: _Response | None) -> float:
     if response is None or response.status not in (429, 503):
         return 0.0
     value = response.headers.get("retry-after", "").strip()
-    return min(float(value), MAX_RETRY_AFTER) if value.isdigit() else 0.0
+    # delay-seconds are ASCII digits (RFC 9110): "²".isdigit() is true too, but float("²") raises
+    return min(float(value), MAX_RETRY_AFTER) if value.isascii() and value.isdigit() else 0.0
 
 
 def _rejected(error: str | None, token: str) -> InvalidToken:

@@ -387,7 +387,7 @@ class _Body:
             raise FetchError("protocol", f"{self.url} answered with Content-Encoding {encoding[:40]!r} although "
                                          "only identity was accepted", url=self.url)
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.limit:
+        if length.isascii() and length.isdigit() and int(length) > self.limit:
             raise self._too_large()
 
     def add(self, chunk: bytes) -> None:

@@ -41,8 +41,10 @@ def whole_number(value: object, name: str, *, minimum: int = 0, setting: str | N
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
-        number = int(value.strip())
+    elif isinstance(value, str):
+        digits = value.strip().removeprefix("+")
+        if digits.isascii() and digits.isdigit():  # "²".isdigit() is true, but int("²") raises
+            number = int(digits)
     if number is None or number < minimum:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}, not {value!r}", setting=setting)
     return number

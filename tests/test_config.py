@@ -323,6 +323,7 @@ def test_a_zero_time_limit_is_refused(suffix: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "value"), [("max_token_size", 10), ("max_token_size", float("nan")),
+                                             ("token_cache_size", "²"), ("max_keys", "١٠"), ("max_keys", "++5"),
                                              ("max_response_size", -1), ("max_response_size", 2.5),
                                              ("token_cache_size", -1), ("token_cache_size", float("inf")),
                                              ("token_cache_size", True)])

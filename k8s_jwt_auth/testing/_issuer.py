@@ -631,7 +631,7 @@ def _handler_for(issuer: FakeIssuer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             length = self.headers.get("Content-Length", "0")
-            if not length.isdigit() or int(length) > MAX_REQUEST_BODY:
+            if not (length.isascii() and length.isdigit()) or int(length) > MAX_REQUEST_BODY:
                 self._send((413, {"Content-Type": "application/json"}, b'{"kind":"Status","code":413}'))
                 self.close_connection = True
                 return

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -103,6 +104,10 @@ _ViewT = TypeVar("_ViewT", bound=Callable[..., Any])
 
 _G_KEY = "_k8s_jwt_auth"  # g attribute holding the request's `_RequestAuth`
 _EXEMPT_ATTR = "_k8s_jwt_auth_exempt"
+# Views passed to @workload_required (the undecorated functions). One of them registered as a route means the
+# decorator sat ABOVE the route decorator, so Flask routes to the unprotected function: such a route is refused
+# (fail closed) and init_app refuses to start with one. Weak: it never keeps a function alive.
+_GUARDED_VIEWS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +168,9 @@ class K8sJWTAuth:
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("K8sJWTAuth is already initialised on this app")
+        wrong = _unguarded_views(app)
+        if wrong:
+            raise _wrong_order(wrong)
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
         built = _build_verifier(app.config, verifier if verifier is not None else self._verifier)
@@ -369,6 +377,8 @@ def workload_required(
     view_policy = _view_policy(rules, policy)
 
     def decorator(view: _ViewT) -> _ViewT:
+        _GUARDED_VIEWS.add(view)
+
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             state = _state()
@@ -399,8 +409,24 @@ def _is_exempt(state: K8sJWTAuthState) -> bool:
     return bool(getattr(view, _EXEMPT_ATTR, False))
 
 
+def _unguarded_views(app: Flask) -> list[str]:
+    """Endpoints whose registered view is a function that @workload_required wrapped AFTER it was registered."""
+    return sorted(endpoint for endpoint, view in app.view_functions.items() if view in _GUARDED_VIEWS)
+
+
+def _wrong_order(endpoints: list[str]) -> ConfigurationError:
+    return ConfigurationError(
+        f"view(s) {', '.join(map(repr, endpoints))}: @workload_required is above the route decorator, so Flask "
+        "registered the view without it; put @workload_required below @app.route / @app.get (nearest the "
+        "function)")
+
+
 def _enforce() -> None:
-    """The `before_request` hook of the enforcing mode."""
+    """The `before_request` hook: refuse a route registered without its @workload_required, then the enforcing
+    mode."""
+    endpoint = flask_request.endpoint
+    if endpoint is not None and current_app.view_functions.get(endpoint) in _GUARDED_VIEWS:
+        raise _wrong_order([endpoint])  # fail closed: never serve it unauthenticated
     state = _state()
     if state.enforce and not _is_exempt(state):
         _gate(state, state.policy, state.optional)

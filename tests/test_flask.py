@@ -710,3 +710,54 @@ def test_malformed_headers_on_a_real_server(app: Flask) -> None:
     with serve(app) as url:
         statuses = {name: raw_status(url, value) for name, value in MALFORMED_HEADERS.items()}
     assert all(400 <= status < 500 for status in statuses.values()), statuses
+
+
+# -- @workload_required above the route decorator (#15: it used to leave the route open) --------------------
+
+
+def test_workload_required_above_the_route_fails_closed_never_open(base: dict[str, object]) -> None:
+    app = Flask(__name__)
+    app.config.update(**base)
+    K8sJWTAuth(app)
+
+    @workload_required("payments/*")  # wrong order: Flask registered the bare function
+    @app.get("/charge")
+    def charge() -> dict[str, str]:
+        return {"charged": "yes"}
+
+    app.testing = False  # what production sees: Flask's plain 500, never the view's 200
+    response = app.test_client().get("/charge")
+    assert response.status_code == 500 and b"charged" not in response.data
+    app.testing = True
+    with pytest.raises(ConfigurationError, match=r"'charge': @workload_required is above the route decorator"):
+        app.test_client().get("/charge")
+
+
+def test_init_app_refuses_a_route_registered_without_its_workload_required(base: dict[str, object]) -> None:
+    app = Flask(__name__)
+    app.config.update(**base)
+
+    @workload_required()
+    @app.get("/open-by-mistake")
+    def open_by_mistake() -> str:
+        return "served"
+
+    with pytest.raises(ConfigurationError, match="'open_by_mistake'"):
+        K8sJWTAuth(app)
+
+
+def test_workload_required_below_the_route_is_the_right_order(issuer: FakeIssuer, base: dict[str, object]) -> None:
+    app = Flask(__name__)
+    app.config.update(TESTING=True, **base)
+    K8sJWTAuth(app)
+
+    @app.get("/charge")
+    @workload_required("payments/*")
+    def charge() -> dict[str, str]:
+        return {"caller": current_workload.username}
+
+    client = app.test_client()
+    assert client.get("/charge").status_code == 401
+    token = issuer.mint("payments", "worker")
+    assert client.get("/charge", headers={"Authorization": f"Bearer {token}"}).json == {
+        "caller": "system:serviceaccount:payments:worker"}

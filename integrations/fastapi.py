@@ -74,6 +74,7 @@ __all__ = [
 logger = logging.getLogger("k8s_jwt_auth.integrations.fastapi")
 
 SCHEME_NAME = "KubernetesServiceAccountToken"
+_GUARD_ATTR = "_k8s_jwt_auth_guard"
 _SCHEME_DESCRIPTION = "A Kubernetes projected service-account token (`Authorization: Bearer <token>`)."
 _NO_VERIFIER = ("no TokenVerifier for this app: call k8s_jwt_auth.integrations.fastapi.install(app, verifier) "
                 "at startup, or pass verifier= to require_workload()")
@@ -147,7 +148,7 @@ class _Guard:
         try:
             user = conn.scope.get("user")
             if isinstance(user, WorkloadUser):  # the middleware verified it already (and logged an admission)
-                decision = check_policy(user.workload, self._policy(self._find_verifier(conn)), logger)
+                decision = check_policy(user.workload, self._policy(conn, self._find_verifier(conn)), logger)
                 if self.policy is not None:  # the route's own rules: a second gate with its own audit record
                     self._admitted(conn, user.workload, decision)
                 return user.workload
@@ -169,7 +170,10 @@ class _Guard:
         if verifier is None:
             raise RuntimeError(_NO_VERIFIER)
         workload = await verifier.verify_async(token)
-        self._admitted(conn, workload, check_policy(workload, self._policy(verifier), logger))
+        policy = self._policy(conn, verifier)
+        decision = check_policy(workload, policy, logger)
+        if self.policy is not None or not _route_has_own_rules(conn):
+            self._admitted(conn, workload, decision)  # (else the gate with the route's rules records the decision)
         return workload
 
     @staticmethod
@@ -180,10 +184,38 @@ class _Guard:
     def _find_verifier(self, conn: HTTPConnection) -> TokenVerifier | None:
         return self.verifier or getattr(conn.app.state, STATE_KEY, None)
 
-    def _policy(self, verifier: TokenVerifier | None) -> Policy | None:
+    def _policy(self, conn: HTTPConnection, verifier: TokenVerifier | None) -> Policy | None:
+        """This gate's rules; else the service policy, unless another gate on the route has rules of its own
+        (they replace the service policy for the route: `Workload` beside `require_workload("payments/*")`
+        must not deny what the route's rules allow)."""
         if self.policy is not None:
             return self.policy
-        return verifier.policy if verifier is not None else None
+        if verifier is None or _route_has_own_rules(conn):
+            return None
+        return verifier.policy
+
+
+_ROUTE_RULES_ATTR = "_k8s_jwt_auth_own_rules"  # cached on the route (APIRoute is not hashable)
+
+
+def _route_has_own_rules(conn: HTTPConnection) -> bool:
+    """Whether one of the route's dependencies is a require_workload(...) gate with rules of its own."""
+    route = conn.scope.get("route")
+    known = getattr(route, _ROUTE_RULES_ATTR, None)
+    if known is None:
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            return False
+        known = _has_own_rules(dependant, depth=0)
+        setattr(route, _ROUTE_RULES_ATTR, known)
+    return bool(known)
+
+
+def _has_own_rules(dependant: Any, depth: int) -> bool:
+    guard = getattr(getattr(dependant, "call", None), _GUARD_ATTR, None)
+    if isinstance(guard, _Guard) and guard.policy is not None:
+        return True
+    return depth < 32 and any(_has_own_rules(sub, depth + 1) for sub in getattr(dependant, "dependencies", ()))
 
 
 class _BearerScheme(HTTPBearer):
@@ -253,6 +285,8 @@ def require_workload(
     async def workload_dependency(conn: HTTPConnection,
                                   _credentials: Any = Depends(scheme)) -> WorkloadIdentity | None:  # noqa: B008
         return await guard(conn)
+
+    setattr(workload_dependency, _GUARD_ATTR, guard)  # found in a route's dependencies by _route_has_own_rules
 
     return workload_dependency
 

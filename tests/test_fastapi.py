@@ -325,3 +325,53 @@ def test_workload_client_calls_as_the_workload_with_the_installed_audiences(issu
     with workload_client(app, issuer, "payments", "worker", audiences="elsewhere") as client:
         response = client.get("/whoami")
         assert (response.status_code, response.json()["reason"]) == (401, "bad_audience")
+
+
+# -- the route's rules replace the service policy, whatever gates the route combines (#15) ----------------
+
+
+def _readme_app(verifier: TokenVerifier) -> FastAPI:
+    """The README's snippet: a route-level require_workload(...) plus a `Workload` parameter, ALLOW=orders/*."""
+    app = FastAPI()
+    install(app, verifier)
+
+    @app.get("/payments", dependencies=[Depends(require_workload("payments/*", "!payments/batch"))])
+    async def payments(workload: Workload) -> dict[str, str]:
+        return {"caller": workload.username}
+
+    @app.get("/payments-params-first")  # the same gates, the service-policy one resolved first
+    async def payments_params_first(workload: Workload, _: Payments) -> dict[str, str]:
+        return {"caller": workload.username}
+
+    @app.get("/service")  # no route rules: the service policy
+    async def service(workload: Workload) -> dict[str, str]:
+        return {"caller": workload.username}
+
+    return app
+
+
+@pytest.mark.parametrize("path", ["/payments", "/payments-params-first"])
+@pytest.mark.parametrize(("namespace", "sa", "status"), [("payments", "worker", 200), ("payments", "batch", 403),
+                                                        ("orders", "api", 403)])
+def test_a_routes_rules_are_not_denied_again_by_the_service_policy(
+    issuer: FakeIssuer, caplog: pytest.LogCaptureFixture, path: str, namespace: str, sa: str, status: int,
+) -> None:
+    from ._audit import audit_dicts, capture
+
+    capture(caplog)
+    verifier = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences="test", jwks=issuer.jwks(),
+                                            allow="orders/*"))
+    with TestClient(_readme_app(verifier)) as client:
+        response = client.get(path, headers=bearer(issuer.mint(namespace, sa)))
+    assert response.status_code == status
+    assert len(audit_dicts(caplog)) == 1  # one decision, one record
+    if status == 403:
+        assert response.json()["reason"] == "policy_denied"
+
+
+def test_without_route_rules_the_service_policy_still_applies(issuer: FakeIssuer) -> None:
+    verifier = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences="test", jwks=issuer.jwks(),
+                                            allow="orders/*"))
+    with TestClient(_readme_app(verifier)) as client:
+        assert client.get("/service", headers=bearer(issuer.mint("payments", "worker"))).status_code == 403
+        assert client.get("/service", headers=bearer(issuer.mint("orders", "api"))).status_code == 200

@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from k8s_jwt_auth import AuthError, KeySetUnavailable
 from k8s_jwt_auth._jws import fingerprint
-from k8s_jwt_auth.audit import printable
+from k8s_jwt_auth.audit import audit_allowed, audit_refused, printable
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 from .._common import check_policy
@@ -190,9 +190,9 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
             return None
         conf = get_settings().loaded
         try:
-            workload = self._admit(conf, conf.verifier.verify(k8s_token))
+            workload = self._admit(conf, conf.verifier.verify(k8s_token), request)
         except AuthError as exc:
-            self._log_failure(exc, k8s_token)
+            self._log_failure(exc, k8s_token, request)
             return None
         return self.user_for_workload(request, workload)
 
@@ -203,9 +203,9 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
             return None
         conf = get_settings().loaded
         try:
-            workload = self._admit(conf, await conf.verifier.verify_async(k8s_token))
+            workload = self._admit(conf, await conf.verifier.verify_async(k8s_token), request)
         except AuthError as exc:
-            self._log_failure(exc, k8s_token)
+            self._log_failure(exc, k8s_token, request)
             return None
         return await self.auser_for_workload(request, workload)
 
@@ -271,12 +271,23 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
     # -- shared steps -----------------------------------------------------------------------------
 
     @staticmethod
-    def _admit(conf: LoadedSettings, workload: WorkloadIdentity) -> WorkloadIdentity:
-        check_policy(workload, conf.policy, logger)
+    def _admit(conf: LoadedSettings, workload: WorkloadIdentity, request: HttpRequest | None) -> WorkloadIdentity:
+        """Apply the policy and write the decision's one audit record, as every other adapter does."""
+        decision = check_policy(workload, conf.policy, logger)
+        audit_allowed(workload, decision, path=_path(request), method=_method(request))
         return workload
 
     @staticmethod
-    def _log_failure(exc: AuthError, token: str) -> None:
+    def _log_failure(exc: AuthError, token: str, request: HttpRequest | None) -> None:
         level = logging.WARNING if isinstance(exc, KeySetUnavailable) else logging.INFO
         logger.log(level, "authenticate(k8s_token=...) failed: %s %s: %s (token %s)", exc.status_code, exc.reason,
                    printable(exc.message), fingerprint(token))
+        audit_refused(exc, token=token, path=_path(request), method=_method(request))
+
+
+def _path(request: HttpRequest | None) -> str | None:
+    return getattr(request, "path", None)
+
+
+def _method(request: HttpRequest | None) -> str | None:
+    return getattr(request, "method", None)

@@ -105,3 +105,29 @@ def test_a_path_with_line_breaks_cannot_forge_log_lines(kind: str, configure: Co
     assert status == 401
     assert audit_dicts(caplog)[0]["path"].startswith("/whoami\r\nWARNING")
     assert forged_lines(caplog) == []
+
+
+def test_the_backend_writes_one_audit_record_per_decision_like_every_adapter(
+    configure: Configure, issuer: FakeIssuer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from django.contrib import auth
+    from django.test import RequestFactory
+
+    capture(caplog)
+    configure(ALLOW=["payments/*"])
+    good, denied = issuer.mint("payments", "worker"), issuer.mint("kube-system", "admin")
+    wrong, _ = bad_tokens(issuer)["wrong_audience"]
+    request = RequestFactory().post("/charge")
+    assert auth.authenticate(request, k8s_token=good) is not None
+    assert auth.authenticate(request, k8s_token=denied) is None
+    assert asyncio.run(auth.aauthenticate(request, k8s_token=wrong)) is None
+    verify = static_verifier(issuer).verify
+    assert audit_dicts(caplog) == [
+        expected_allowed(verify(good), good, path="/charge", method="POST", rule="payments/*"),
+        expected_refused("denied_policy", "policy_denied", 403, denied, path="/charge", method="POST",
+                         workload=verify(denied)),
+        expected_refused("rejected_token", "bad_audience", 401, wrong, path="/charge", method="POST"),
+    ]
+    assert leaks(caplog, good) == [] and leaks(caplog, wrong) == []

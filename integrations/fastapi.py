@@ -123,7 +123,10 @@ def install(app: Starlette, verifier: TokenVerifier | VerifierConfig | None = No
 
     Raises:
         ConfigurationError: for missing or invalid `K8S_JWT_AUTH_*` variables.
+        RuntimeError: when the app already has a verifier from `install` (as Flask's `init_app` twice).
     """
+    if getattr(app.state, STATE_KEY, None) is not None:
+        raise RuntimeError("k8s_jwt_auth is already installed on this app: call install(app, ...) once")
     built = build_verifier(verifier)
     setattr(app.state, STATE_KEY, built)
     add_exception_handlers(app)

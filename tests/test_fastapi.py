@@ -375,3 +375,18 @@ def test_without_route_rules_the_service_policy_still_applies(issuer: FakeIssuer
     with TestClient(_readme_app(verifier)) as client:
         assert client.get("/service", headers=bearer(issuer.mint("payments", "worker"))).status_code == 403
         assert client.get("/service", headers=bearer(issuer.mint("orders", "api"))).status_code == 200
+
+
+def test_installing_twice_raises_instead_of_silently_replacing_the_verifier(verifier: TokenVerifier) -> None:
+    app = FastAPI()
+    assert install(app, verifier) is verifier
+    with pytest.raises(RuntimeError, match="already installed on this app"):
+        install(app, static_verifier_for_another_issuer())
+    assert app.state.k8s_jwt_auth is verifier
+
+
+def static_verifier_for_another_issuer() -> TokenVerifier:
+    from k8s_jwt_auth.testing import SigningKey
+
+    return TokenVerifier(VerifierConfig(issuer="https://other.test", audiences="x",
+                                        jwks={"keys": [SigningKey.generate("ES256").public_jwk()]}))

@@ -373,12 +373,6 @@ def _bool(value: object) -> bool:
     raise ValueError(f"expected a boolean (true/false), not {value!r}")
 
 
-def _int(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    return int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
-
-
 def _opt_str(value: object) -> str | None:
     text = str(value).strip()
     return text or None
@@ -420,7 +414,7 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ALGORITHMS": ("algorithms", _identity),
     "LEEWAY": ("leeway", _identity),
     "MAX_TOKEN_AGE": ("max_token_age", _float_or_none),
-    "MAX_TOKEN_SIZE": ("max_token_size", _int),
+    "MAX_TOKEN_SIZE": ("max_token_size", _identity),  # whole_number() parses and checks
     "ALLOW_LEGACY_TOKENS": ("allow_legacy_tokens", _bool),
     "REQUIRE_POD_BINDING": ("require_pod_binding", _bool),
     "TRUST_DOMAIN": ("trust_domain", _identity),
@@ -430,8 +424,8 @@ _SUFFIXES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "COOLDOWN": ("cooldown", _identity),
     "MAX_STALE": ("max_stale", _identity),
     "ALLOW_INSECURE_HTTP": ("allow_insecure_http", _bool),
-    "TOKEN_CACHE_SIZE": ("token_cache_size", _int),
-    "MAX_KEYS": ("max_keys", _int),
+    "TOKEN_CACHE_SIZE": ("token_cache_size", _identity),
+    "MAX_KEYS": ("max_keys", _identity),
     "TOKEN_CACHE_TTL": ("token_cache_ttl", _identity),
     "CLUSTER": ("cluster", _opt_str),
     "TOKENREVIEW": ("tokenreview", _bool),

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
+from ._keyset import VerificationKey
 from .identity import WorkloadIdentity
-from .keys import VerificationKey
 
 __all__ = ["CacheInfo", "CachedToken", "TokenCache"]
 

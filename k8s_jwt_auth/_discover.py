@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ._remote import FetchError, FetchErrorKind, FetchResult, JwksFetcher, _url_problem
+from ._jwks_fetch import FetchResult, JwksFetcher
+from ._keyset import VerificationKey
+from ._transport import FetchError, FetchErrorKind, url_problem
 from .errors import ConfigurationError
-from .keys import VerificationKey
 
 __all__ = ["EXIT_OK", "EXIT_UNAVAILABLE", "check_file", "flag_words", "run_discover"]
 
@@ -151,7 +152,7 @@ def _fetcher(issuer: str, ca_file: str | None, token_file: str | None, jwks_uri:
     if not issuer or issuer != issuer.strip():
         raise ConfigurationError("--issuer is required, without surrounding spaces")
     flag, url = ("--jwks-uri", jwks_uri) if jwks_uri is not None else ("--issuer", issuer)
-    problem = _url_problem(url, allow_insecure_http)
+    problem = url_problem(url, allow_insecure_http)
     if problem is not None:
         raise ConfigurationError(f"{flag} {flag_words(problem)}")
     if not (math.isfinite(timeout) and timeout > 0):

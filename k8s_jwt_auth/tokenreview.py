@@ -40,6 +40,10 @@ The flow (local cache, single flight, shared cache, POST, store) is written once
 steps, driven by `review` (blocking `httpx.Client`, no event loop needed) and `review_async`
 (`httpx.AsyncClient`, never blocks the loop), each with a client per request. The token is never logged
 and never appears in an error message; logs name a token by its fingerprint.
+
+This module holds the reviewer. What an answer says (`TokenReviewResult`, re-exported here) lives in
+`k8s_jwt_auth._review_result`, the HTTP exchange and the meaning of an HTTP status in
+`k8s_jwt_auth._transport`, and the two drivers in `k8s_jwt_auth._flow`.
 """
 
 from __future__ import annotations
@@ -50,36 +54,46 @@ import hashlib
 import json
 import logging
 import math
-import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Union, cast
+from typing import TYPE_CHECKING, Union
 
 from cachetools import TTLCache
 
 from ._deadline import AsyncSession, Session
-from ._remote import (
+from ._flow import Flow, arun, run, wait_async
+from ._review_result import (
+    EXTRA_CREDENTIAL_ID,
+    EXTRA_NODE_NAME,
+    EXTRA_NODE_UID,
+    EXTRA_POD_NAME,
+    EXTRA_POD_UID,
+    Entry,
+    TokenReviewResult,
+    check_user,
+    decode_entry,
+    encode_entry,
+    rejected,
+)
+from ._transport import (
     DEFAULT_CONNECT_TIMEOUT,
     FetchError,
-    FetchErrorKind,
-    _Response,
-    _ssl_context,
-    _status_message,
-    _url_problem,
-    _wait_async,
+    Response,
     bearer_header,
+    check_status,
     exchange,
     exchange_async,
+    ssl_context_from,
+    url_problem,
 )
 from ._validate import seconds, whole_number
 from .config import DEFAULT_API_SERVER
-from .errors import ConfigurationError, InvalidToken, Reason, TokenReviewUnavailable
+from .errors import ConfigurationError, InvalidToken, TokenReviewUnavailable
 from .identity import WorkloadIdentity
 
 if TYPE_CHECKING:
@@ -103,165 +117,9 @@ logger = logging.getLogger("k8s_jwt_auth.tokenreview")
 
 REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SHARED_NAMESPACE = "tr"
-EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
-EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
-EXTRA_NODE_NAME = "authentication.kubernetes.io/node-name"
-EXTRA_NODE_UID = "authentication.kubernetes.io/node-uid"
-EXTRA_CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 MAX_BACKOFF = 30.0  # the longest pause between review attempts after failures (seconds)
 MAX_RETRY_AFTER = 300.0  # a server's Retry-After is honoured up to this
-MAX_ERROR_TEXT = 300  # the API server's error text is cut to this many characters in messages
-_GO_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')  # a string as Go's %q prints it: names, audiences
-
-_EMPTY_EXTRA: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 _JSON = "application/json"
-
-
-# -- the answer -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokenReviewResult:
-    """The `status` of a TokenReview answer: what the API server says about a token.
-
-    Attributes:
-        authenticated: whether the API server authenticated the token (absent in failed reviews: `False`).
-        username: `status.user.username`, e.g. `system:serviceaccount:payments:api` (`None` when absent).
-        uid: `status.user.uid`, the service account's UID.
-        groups: `status.user.groups`.
-        extra: `status.user.extra`, read-only: key → values, e.g. `authentication.kubernetes.io/pod-uid`.
-        audiences: `status.audiences`: the configured audiences the token is valid for.
-        error: `status.error`, the API server's reason for not authenticating the token.
-    """
-
-    authenticated: bool
-    username: str | None = None
-    uid: str | None = None
-    groups: tuple[str, ...] = ()
-    extra: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY_EXTRA, hash=False)
-    audiences: tuple[str, ...] = ()
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "groups", tuple(self.groups))
-        object.__setattr__(self, "audiences", tuple(self.audiences))
-        if not isinstance(self.extra, MappingProxyType):
-            object.__setattr__(self, "extra", MappingProxyType({k: tuple(v) for k, v in self.extra.items()}))
-
-    @classmethod
-    def from_response(cls, doc: object) -> TokenReviewResult:
-        """Parse a TokenReview response document (the decoded JSON), strictly.
-
-        Raises:
-            TokenReviewUnavailable: (`review_unavailable`) when the document is not a TokenReview with a
-                well-typed `status` (e.g. an authenticated review without a username).
-        """
-        if not isinstance(doc, dict):
-            raise _malformed("it is not a JSON object")
-        kind = doc.get("kind")
-        if kind is not None and kind != "TokenReview":
-            # only a string is shown: str() of a deeply nested value or a huge integer raises
-            shown = repr(kind[:40]) if isinstance(kind, str) else f"a {type(kind).__name__}"
-            raise _malformed(f"its kind is {shown}, not 'TokenReview'")
-        status = doc.get("status")
-        if not isinstance(status, dict):
-            raise _malformed("it has no status object")
-        authenticated = status.get("authenticated", False)
-        if not isinstance(authenticated, bool):
-            raise _malformed("status.authenticated is not a boolean")
-        user = status.get("user", {})
-        if user is None:
-            user = {}
-        if not isinstance(user, dict):
-            raise _malformed("status.user is not an object")
-        username = _string(user, "username", "status.user")
-        if authenticated and not username:
-            raise _malformed("it says authenticated but names no status.user.username")
-        return cls(
-            authenticated=authenticated,
-            username=username,
-            uid=_string(user, "uid", "status.user"),
-            groups=_strings(user.get("groups"), "status.user.groups"),
-            extra=_extra(user.get("extra")),
-            audiences=_strings(status.get("audiences"), "status.audiences"),
-            error=_string(status, "error", "status"),
-        )
-
-    def to_status(self) -> dict[str, object]:
-        """The `status` object in the API server's shape (absent fields left out); `from_response` reads it back."""
-        user: dict[str, object] = {}
-        for name, value in (("username", self.username), ("uid", self.uid)):
-            if value is not None:
-                user[name] = value
-        if self.groups:
-            user["groups"] = list(self.groups)
-        if self.extra:
-            user["extra"] = {k: list(v) for k, v in self.extra.items()}
-        status: dict[str, object] = {"user": user}
-        if self.authenticated:
-            status["authenticated"] = True
-        if self.audiences:
-            status["audiences"] = list(self.audiences)
-        if self.error is not None:
-            status["error"] = self.error
-        return status
-
-    def _extra_value(self, key: str) -> str | None:
-        values = self.extra.get(key, ())
-        return values[0] if len(values) == 1 else None
-
-    @property
-    def pod_name(self) -> str | None:
-        """The `authentication.kubernetes.io/pod-name` extra (pod-bound tokens)."""
-        return self._extra_value(EXTRA_POD_NAME)
-
-    @property
-    def pod_uid(self) -> str | None:
-        """The `authentication.kubernetes.io/pod-uid` extra."""
-        return self._extra_value(EXTRA_POD_UID)
-
-    @property
-    def node_name(self) -> str | None:
-        """The `authentication.kubernetes.io/node-name` extra."""
-        return self._extra_value(EXTRA_NODE_NAME)
-
-    @property
-    def node_uid(self) -> str | None:
-        """The `authentication.kubernetes.io/node-uid` extra."""
-        return self._extra_value(EXTRA_NODE_UID)
-
-    @property
-    def token_id(self) -> str | None:
-        """The token's `jti`, from the `authentication.kubernetes.io/credential-id` extra (`JTI=<jti>`)."""
-        credential = self._extra_value(EXTRA_CREDENTIAL_ID)
-        return credential[4:] if credential is not None and credential.startswith("JTI=") else None
-
-
-def _malformed(detail: str) -> TokenReviewUnavailable:
-    return TokenReviewUnavailable(f"the API server's TokenReview answer is malformed: {detail}", retry_after=5)
-
-
-def _string(doc: dict[str, object], name: str, where: str) -> str | None:
-    value = doc.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _malformed(f"{where}.{name} is not a string")
-    return value
-
-
-def _strings(value: object, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _malformed(f"{where} is not a list of strings")
-    return tuple(value)
-
-
-def _extra(value: object) -> Mapping[str, tuple[str, ...]]:
-    if value is None:
-        return _EMPTY_EXTRA
-    if not isinstance(value, dict):
-        raise _malformed("status.user.extra is not an object")
-    return MappingProxyType({str(k): _strings(v, "status.user.extra values") for k, v in value.items()})
 
 
 # -- observability -----------------------------------------------------------------------------------
@@ -323,13 +181,8 @@ class _Post:
 
 _Op = Union[_Wait, _SharedGet, _SharedSet, _Post]  # noqa: UP007 - runtime alias on 3.10
 _Outcome = Union[TokenReviewResult, TokenReviewUnavailable]  # noqa: UP007
-_Flow = Generator[_Op, object, WorkloadIdentity]
+_Flow = Flow[_Op, WorkloadIdentity]
 
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    result: TokenReviewResult
-    until: float  # clock time after which the answer is not used
 
 
 # -- the reviewer ------------------------------------------------------------------------------------
@@ -382,7 +235,7 @@ class TokenReviewer:
         max_response_size: int = 1024 * 1024,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        problem = _url_problem(url, allow_insecure_http)
+        problem = url_problem(url, allow_insecure_http)
         if problem is not None:
             raise ConfigurationError(f"tokenreview_url {problem}", setting="TOKENREVIEW_URL")
         self.audiences = _audiences(audiences)
@@ -396,18 +249,18 @@ class TokenReviewer:
         self.fallback_to_local = fallback_to_local
         self.shared = shared if self.cache_ttl > 0 else None
         self.max_response_size = max_response_size
-        self.ssl_context = ssl_context if ssl_context is not None else _ssl_context(ca_file)
+        self.ssl_context = ssl_context if ssl_context is not None else ssl_context_from(ca_file)
         self.max_duration = 3 * self.timeout
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._audience_set = frozenset(self.audiences)
         self._salt = json.dumps(sorted(self.audiences)).encode()
         self._lock = threading.Lock()
-        self._cache: TTLCache[bytes, _Entry] | None = (
+        self._cache: TTLCache[bytes, Entry] | None = (
             TTLCache(maxsize=cache_size, ttl=self.cache_ttl, timer=self._clock)
             if self.cache_ttl > 0 and cache_size > 0 else None)
         self._inflight: dict[bytes, Future[_Outcome | None]] = {}
         # key -> (cache entry, identity in, reviewed identity out): a hit for the same identity object is a lookup
-        self._memo: dict[bytes, tuple[_Entry, WorkloadIdentity, WorkloadIdentity]] = {}
+        self._memo: dict[bytes, tuple[Entry, WorkloadIdentity, WorkloadIdentity]] = {}
         self._reviews = self._requests = self._hits = self._shared_hits = self._failures = self._streak = 0
         self._retry_at = -math.inf
         self._outage: str | None = None  # the error of the failure that started the current outage
@@ -451,15 +304,7 @@ class TokenReviewer:
         flow = self._start(token, identity)
         if isinstance(flow, WorkloadIdentity):
             return flow
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(self._do(op))
-        except StopIteration as done:
-            reviewed: WorkloadIdentity = done.value
-            return reviewed
-        finally:
-            flow.close()
+        return run(flow, self._do)
 
     async def review_async(self, token: str | bytes, identity: WorkloadIdentity) -> WorkloadIdentity:
         """Like `review`, for event loops: `httpx.AsyncClient`, the store's async methods, no blocking wait.
@@ -471,15 +316,7 @@ class TokenReviewer:
         flow = self._start(token, identity)
         if isinstance(flow, WorkloadIdentity):
             return flow
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(await self._do_async(op))
-        except StopIteration as done:
-            reviewed: WorkloadIdentity = done.value
-            return reviewed
-        finally:  # also on cancellation: waiters on this review are released
-            flow.close()
+        return await arun(flow, self._do_async)  # closes the flow on cancellation: waiters are released
 
     def cache_info(self) -> TokenReviewInfo:
         """Counters: reviews, requests, cache hits, failures, cache size, and whether reviews work."""
@@ -553,13 +390,13 @@ class TokenReviewer:
             self._memorise(key, outcome, identity, reviewed)
         return reviewed
 
-    def _obtain(self, token: str, key: bytes, until: float) -> Generator[_Op, object, _Outcome]:
+    def _obtain(self, token: str, key: bytes, until: float) -> Flow[_Op, _Outcome]:
         """Shared store, else a request; the answer is cached and shared. Never raises for "unavailable"."""
         if self.shared is not None and until > self._clock():
             value = yield _SharedGet(key)
-            entry = _decode(value, self._clock()) if isinstance(value, bytes) else None
+            entry = decode_entry(value, self._clock()) if isinstance(value, bytes) else None
             if entry is not None:
-                self._remember(key, _Entry(entry.result, min(entry.until, until)), shared_hit=True)
+                self._remember(key, Entry(entry.result, min(entry.until, until)), shared_hit=True)
                 return entry.result
         if not self._may_request():
             return self._backing_off()
@@ -570,17 +407,17 @@ class TokenReviewer:
         response = yield post
         if isinstance(response, FetchError):
             return self._failed(response, None)
-        assert isinstance(response, _Response)
+        assert isinstance(response, Response)
         try:
             result = self._read(response)
         except (FetchError, TokenReviewUnavailable) as exc:
             return self._failed(exc, response)
         self._succeeded()
-        entry = _Entry(result, until)
+        entry = Entry(result, until)
         self._remember(key, entry)
         ttl = until - self._clock()
         if self.shared is not None and ttl > 0:
-            yield _SharedSet(key, _encode(entry), ttl)
+            yield _SharedSet(key, encode_entry(entry), ttl)
         return result
 
     def _body(self, token: str) -> bytes:
@@ -594,8 +431,10 @@ class TokenReviewer:
             return headers
         return (*headers, bearer_header(self.token_file, "this service's token file"))
 
-    def _read(self, response: _Response) -> TokenReviewResult:
-        _check_status(response, self.token_file)
+    def _read(self, response: Response) -> TokenReviewResult:
+        check_status(response, ok=(200, 201), hints=_status_hints(self.token_file), server_failed="the API server "
+                     "failed", redirect="; redirects are not followed: configure the API server's URL as "
+                     "tokenreview_url")
         try:
             document = json.loads(response.body)
         except (ValueError, RecursionError) as exc:
@@ -612,8 +451,8 @@ class TokenReviewer:
                 return identity
             raise TokenReviewUnavailable(outcome.message, retry_after=outcome.retry_after)
         if not outcome.authenticated:
-            raise _rejected(outcome.error, token)
-        _check_user(outcome, identity)
+            raise rejected(outcome.error, token)
+        check_user(outcome, identity)
         if not self._audience_set.intersection(outcome.audiences):
             raise InvalidToken(f"the API server authenticated the token for audiences {list(outcome.audiences)}, "
                                f"none of which is configured ({list(self.audiences)})", reason="bad_audience",
@@ -665,7 +504,7 @@ class TokenReviewer:
                 del self._inflight[key]
         lead.set_result(outcome)
 
-    def _remember(self, key: bytes, entry: _Entry, *, shared_hit: bool = False) -> None:
+    def _remember(self, key: bytes, entry: Entry, *, shared_hit: bool = False) -> None:
         now = self._clock()
         with self._lock:
             if shared_hit:
@@ -688,7 +527,7 @@ class TokenReviewer:
         return TokenReviewUnavailable(f"TokenReview is unavailable: {detail}; next try in {math.ceil(retry)} s",
                                       retry_after=math.ceil(retry))
 
-    def _failed(self, error: FetchError | TokenReviewUnavailable, response: _Response | None) -> TokenReviewUnavailable:
+    def _failed(self, error: FetchError | TokenReviewUnavailable, response: Response | None) -> TokenReviewUnavailable:
         now = self._clock()
         with self._lock:
             self._failures += 1
@@ -743,10 +582,10 @@ class TokenReviewer:
             assert self.shared is not None
             await self.shared.aset(SHARED_NAMESPACE, op.key, op.value, op.ttl)
             return None
-        await _wait_async(cast("Future[None]", op.future), self.max_duration + 1.0)  # only waits for it
+        await wait_async(op.future, self.max_duration + 1.0)  # only waits for it
         return None
 
-    def _post(self, op: _Post) -> _Response | FetchError:
+    def _post(self, op: _Post) -> Response | FetchError:
         try:
             with Session(verify=self.ssl_context, timeout=self.timeout,
                          connect_timeout=self.connect_timeout) as session:
@@ -755,7 +594,7 @@ class TokenReviewer:
         except FetchError as exc:
             return exc
 
-    async def _post_async(self, op: _Post) -> _Response | FetchError:
+    async def _post_async(self, op: _Post) -> Response | FetchError:
         try:
             async with AsyncSession(verify=self.ssl_context, timeout=self.timeout,
                                     connect_timeout=self.connect_timeout) as session:
@@ -790,34 +629,7 @@ def _check_numbers(timeout: float, cache_ttl: float, cache_size: int, max_respon
     whole_number(max_response_size, "max_response_size", minimum=1024)
 
 
-_STATUS_HINTS: dict[int, tuple[FetchErrorKind, str]] = {
-    403: ("forbidden", "RBAC denied creating tokenreviews: bind this service's service account to the ClusterRole "
-                       "system:auth-delegator (a ClusterRoleBinding)"),
-    404: ("not_found", "nothing is served there: check tokenreview_url (the API server's URL)"),
-    429: ("http_status", "the API server is rate-limiting requests"),
-}
-
-
-def _check_status(response: _Response, token_file: str | None) -> None:
-    status, url = response.status, response.url
-    if status in (200, 201):
-        return
-    detail = _status_message(response.body)
-    if 300 <= status < 400:
-        raise FetchError("redirect", f"{url} answered HTTP {status}; redirects are not followed: configure the "
-                                     "API server's URL as tokenreview_url", url=url, status=status)
-    if status == 401:
-        fix = (f"check token_file ({token_file!r}): it must hold this service's own, valid service-account token"
-               if token_file else "no token_file is configured: give this service's own token file")
-        raise FetchError("unauthorized", f"{url} answered HTTP 401{detail}: the API server did not accept the "
-                         f"request's credentials; {fix} (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/"
-                         "token)", url=url, status=status)
-    kind, hint = _STATUS_HINTS.get(status, ("http_status", "the API server failed" if status >= 500 else ""))
-    raise FetchError(kind, f"{url} answered HTTP {status}{detail}" + (f": {hint}" if hint else ""),
-                     url=url, status=status)
-
-
-def _retry_after_header(response: _Response | None) -> float:
+def _retry_after_header(response: Response | None) -> float:
     if response is None or response.status not in (429, 503):
         return 0.0
     value = response.headers.get("retry-after", "").strip()
@@ -825,57 +637,15 @@ def _retry_after_header(response: _Response | None) -> float:
     return min(float(value), MAX_RETRY_AFTER) if value.isascii() and value.isdigit() else 0.0
 
 
-def _rejected(error: str | None, token: str) -> InvalidToken:
-    """The refusal for a review's `status.error`: `expired` or `bad_audience` when the API server's own words
-    say so, otherwise `token_revoked` (deleted or re-created pod, secret or service account, bad signature ...).
-
-    The words are looked for outside the quoted names and audiences the text may hold (Go's `%q`), so a
-    service account named `audience-gateway` (`serviceaccounts "audience-gateway" not found`) or an audience
-    `"has expired"` cannot change the reason.
-    """
-    text = (error or "no reason given").replace(token, "<token>")
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    words = _GO_QUOTED.sub('""', text).lower()
-    reason: Reason = "token_revoked"
-    claim: str | None = None
-    if "has expired" in words or "token is expired" in words:
-        reason, claim = "expired", "exp"
-    elif "audience" in words:
-        reason, claim = "bad_audience", "aud"
-    return InvalidToken(f"the API server did not authenticate the token: {text[:MAX_ERROR_TEXT]}", reason=reason,
-                        claim=claim)
-
-
-def _check_user(result: TokenReviewResult, identity: WorkloadIdentity) -> None:
-    """The API server must have authenticated the same service account, pod and credential we verified."""
-    if result.username != identity.username:
-        raise InvalidToken(f"the API server authenticated the token as {result.username!r}, not as "
-                           f"{identity.username!r}", reason="claim_mismatch", claim="sub")
-    pairs = (("pod UID", result.pod_uid, identity.pod_uid, "kubernetes.io.pod.uid"),
-             ("credential id", result.token_id, identity.token_id, "jti"))
-    for what, reviewed, local, claim in pairs:
-        if reviewed is not None and local is not None and reviewed != local:
-            raise InvalidToken(f"the API server's {what} ({reviewed!r}) differs from the token's ({local!r})",
-                               reason="claim_mismatch", claim=claim)
-
-
-def _encode(entry: _Entry) -> bytes:
-    """The shared-store value: version, until when it may be used, and the status (as the API server's)."""
-    return json.dumps({"v": 1, "t": entry.until, "s": entry.result.to_status()}, separators=(",", ":")).encode()
-
-
-def _decode(value: bytes, now: float) -> _Entry | None:
-    """A shared-store value back as an entry; `None` when unreadable or no longer usable."""
-    try:
-        doc = json.loads(value)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(doc, dict) or doc.get("v") != 1:
-        return None
-    until = doc.get("t")
-    if isinstance(until, bool) or not isinstance(until, (int, float)) or until <= now:
-        return None
-    try:
-        return _Entry(TokenReviewResult.from_response({"status": doc.get("s")}), float(until))
-    except TokenReviewUnavailable:
-        return None
+def _status_hints(token_file: str | None) -> dict[int, str]:
+    """What to tell the operator when the API server refuses the review, per HTTP status."""
+    fix = (f"check token_file ({token_file!r}): it must hold this service's own, valid service-account token"
+           if token_file else "no token_file is configured: give this service's own token file")
+    return {
+        401: f"the API server did not accept the request's credentials; {fix} (in a pod: "
+             "/var/run/secrets/kubernetes.io/serviceaccount/token)",
+        403: "RBAC denied creating tokenreviews: bind this service's service account to the ClusterRole "
+             "system:auth-delegator (a ClusterRoleBinding)",
+        404: "nothing is served there: check tokenreview_url (the API server's URL)",
+        429: "the API server is rate-limiting requests",
+    }

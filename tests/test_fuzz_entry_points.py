@@ -2,7 +2,7 @@
 
 * `TokenReviewResult.from_response`: whatever the document, a `TokenReviewResult` or `TokenReviewUnavailable`
   (`review_unavailable`, 503), never `KeyError`/`TypeError`/`AttributeError`/`RecursionError`; the shared-store
-  reader built on it (`_decode`) answers `None` for what it cannot use.
+  reader built on it (`decode_entry`) answers `None` for what it cannot use.
 * `TokenReviewer.review` / `review_async` against a loopback API server answering any status, headers and body: the
   identity, `InvalidToken` or `TokenReviewUnavailable`, never another exception, never holding the token.
 * Each ASGI/WSGI adapter's request path, through its framework's test client: the Starlette middleware, the FastAPI
@@ -41,10 +41,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from k8s_jwt_auth import AuthError, InvalidToken, Policy, TokenReviewUnavailable, TokenVerifier, WorkloadIdentity
+from k8s_jwt_auth._review_result import Entry, decode_entry
 from k8s_jwt_auth.integrations.fastapi import Workload, install, require_workload
 from k8s_jwt_auth.integrations.flask import K8sJWTAuth, current_workload, workload_required
 from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware, WorkloadUser
-from k8s_jwt_auth.tokenreview import TokenReviewer, TokenReviewResult, _decode, _Entry
+from k8s_jwt_auth.tokenreview import TokenReviewer, TokenReviewResult
 
 from ._asgi import TestClient
 from ._fuzz_http import ROUTE_RULES, Answer, Sent, check_answer, expected, fuzz_verifier, requests
@@ -185,8 +186,8 @@ def test_from_response_mutated_recorded_answers(doc: object) -> None:
                                                  st.sampled_from([1, 1, 2, "1", None]), json_values, documents))
 def test_a_shared_store_value_is_an_entry_or_none(value: bytes) -> None:
     """Values another replica (or anything with access to the store) wrote are read back or ignored, never raise."""
-    entry = _decode(value, now=0.0)
-    assert entry is None or isinstance(entry, _Entry)
+    entry = decode_entry(value, now=0.0)
+    assert entry is None or isinstance(entry, Entry)
 
 
 # -- TokenReviewer: any HTTP answer of the API server -------------------------------------------------------

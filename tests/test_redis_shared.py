@@ -23,7 +23,9 @@ import anyio
 import pytest
 
 from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
-from k8s_jwt_auth._remote import FetchResult, JwksFetcher, RemoteKeySource, SharedJwksFetcher
+from k8s_jwt_auth._jwks_fetch import FetchResult, JwksFetcher
+from k8s_jwt_auth._remote import RemoteKeySource
+from k8s_jwt_auth._shared_fetch import SharedJwksFetcher
 from k8s_jwt_auth.keys import key_source_from_config
 from k8s_jwt_auth.redis_cache import RedisCache
 from k8s_jwt_auth.testing import FakeIssuer, SigningKey

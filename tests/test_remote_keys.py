@@ -19,7 +19,8 @@ import anyio
 import pytest
 
 from k8s_jwt_auth import ConfigurationError, InvalidToken, KeySetUnavailable, TokenVerifier, VerifierConfig
-from k8s_jwt_auth._remote import ACCEPT_DISCOVERY, ACCEPT_JWKS, RemoteKeySource
+from k8s_jwt_auth._jwks_fetch import ACCEPT_DISCOVERY, ACCEPT_JWKS
+from k8s_jwt_auth._remote import RemoteKeySource
 from k8s_jwt_auth.keys import VerificationKey, key_source_from_config
 from k8s_jwt_auth.testing import FakeIssuer
 
@@ -472,7 +473,7 @@ def test_accept_headers(k8s_issuer: FakeIssuer, make_source: Callable[..., Remot
 
 
 def test_406_is_explained(k8s_issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("k8s_jwt_auth._remote.ACCEPT_JWKS", "application/json")  # what naive clients send
+    monkeypatch.setattr("k8s_jwt_auth._jwks_fetch.ACCEPT_JWKS", "application/json")  # what naive clients send
     error = unavailable(RemoteKeySource(k8s_issuer.issuer))
     assert "HTTP 406" in error.message and "application/json" in error.message
 

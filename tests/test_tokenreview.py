@@ -1071,7 +1071,7 @@ def test_an_unavailable_review_carries_no_token_in_its_error_chain(
 
 def test_a_failed_exchange_is_not_chained_to_the_request_it_sent() -> None:
     from k8s_jwt_auth._deadline import AsyncSession, Session
-    from k8s_jwt_auth._remote import FetchError, exchange, exchange_async
+    from k8s_jwt_auth._transport import FetchError, exchange, exchange_async
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -116,3 +116,104 @@ def test_licence_text_matches_the_declared_licence() -> None:
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     for name in ("CHANGELOG.md", "SECURITY.md", "CONTRIBUTING.md"):
         assert (REPO / name).is_file(), name
+
+
+# -- the core's modules import one way ---------------------------------------------------------------------------
+
+
+def _core_modules() -> dict[str, Path]:
+    """Every module of the core package by dotted name (`k8s_jwt_auth.integrations` is not the core)."""
+    modules: dict[str, Path] = {}
+    for path in sorted((REPO / "k8s_jwt_auth").rglob("*.py")):
+        parts = ["k8s_jwt_auth", *path.relative_to(REPO / "k8s_jwt_auth").with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        if "integrations" not in parts:
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported_names(tree: ast.AST) -> list[tuple[int, str | None, list[str]]]:
+    """`(level, module, names)` of every import, at module level and inside functions, except under
+    `if TYPE_CHECKING:` (those imports never run)."""
+    found: list[tuple[int, str | None, list[str]]] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            found.extend((0, alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module, [alias.name for alias in node.names]))
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _core_import_graph() -> dict[str, set[str]]:
+    """Module -> the first-party core modules it imports (`from . import x` counts as importing `x`)."""
+    modules = _core_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for level, module, names in _imported_names(ast.parse(path.read_text())):
+            base = package.rsplit(".", level - 1)[0] if level else ""
+            target = ".".join(p for p in (base, module) if p)
+            # `from . import x` imports the module x when there is one, else the name x from the package
+            for candidate in [f"{target}.{n}" if f"{target}.{n}" in modules else target for n in names or ["*"]]:
+                while candidate and candidate not in modules:  # `import k8s_jwt_auth.x.y` -> the deepest module
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name:
+                    edges.add(candidate)
+        graph[name] = edges
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle as `[a, b, ..., a]`, or `None` (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle is not None:
+                    return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start)
+            if cycle is not None:
+                return cycle
+    return None
+
+
+def test_the_import_graph_finds_a_cycle() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    code = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\ndef f():\n    from .b import c\n"
+    assert sorted(_imported_names(ast.parse(code)), key=str) == [(0, "typing", ["TYPE_CHECKING"]), (1, "b", ["c"])]
+
+
+def test_core_modules_have_no_import_cycle() -> None:
+    graph = _core_import_graph()
+    assert "k8s_jwt_auth._remote" in graph["k8s_jwt_auth.keys"]  # the graph sees imports (sanity check)
+    assert "k8s_jwt_auth.tokenreview" in graph["k8s_jwt_auth.verifier"]  # ... also those inside functions
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle among the core modules: " + " -> ".join(cycle or ())

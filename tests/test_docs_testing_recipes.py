@@ -39,8 +39,8 @@ def recipes() -> dict[str, str]:
 
 
 def test_the_page_has_a_recipe_per_framework() -> None:
-    assert set(recipes()) == {"test_fake_issuer.py", "test_fastapi_service.py", "test_starlette_service.py",
-                              "test_flask_service.py", "test_django_service.py"}
+    assert set(recipes()) == {"test_fake_issuer.py", "test_controlling_time.py", "test_fastapi_service.py",
+                              "test_starlette_service.py", "test_flask_service.py", "test_django_service.py"}
 
 
 @pytest.mark.timeout(180)

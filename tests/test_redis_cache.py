@@ -23,6 +23,7 @@ import redis
 from k8s_jwt_auth import ConfigurationError, VerifierConfig
 from k8s_jwt_auth._shared import SharedStore
 from k8s_jwt_auth.redis_cache import BACKOFF_MAX, RedisCache
+from k8s_jwt_auth.testing import FakeClock
 
 from ._redis import RedisServer, redis_server, redis_session
 from ._resp import RespServer, after_handshake, resp_server
@@ -34,28 +35,18 @@ TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdD
 DIGEST = hashlib.sha256(TOKEN.encode()).digest()
 
 
-class Clock:
-    """Seconds that move only when a test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(1_800_000_000.0)
+def timer() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
-def timer() -> Clock:
-    return Clock(1000.0)
-
-
-@pytest.fixture
-def make_cache(redis_server: RedisServer, clock: Clock, timer: Clock) -> Iterator[Callable[..., RedisCache]]:
+def make_cache(redis_server: RedisServer, clock: FakeClock, timer: FakeClock) -> Iterator[Callable[..., RedisCache]]:
     made: list[RedisCache] = []
 
     def factory(**overrides: Any) -> RedisCache:
@@ -148,22 +139,22 @@ def test_no_ttl_stores_nothing(cache: RedisCache, redis_server: RedisServer, ttl
     assert names(redis_server) == []
 
 
-def test_an_entry_past_its_embedded_expiry_is_ignored(cache: RedisCache, clock: Clock) -> None:
+def test_an_entry_past_its_embedded_expiry_is_ignored(cache: RedisCache, clock: FakeClock) -> None:
     cache.set("v", DIGEST, b"payload", 10)
-    clock.now += 9.9
+    clock.advance(9.9)
     assert cache.get("v", DIGEST) == b"payload"
-    clock.now += 0.2  # Redis still holds it (no real time passed), the entry says it is over
+    clock.advance(0.2)  # Redis still holds it (no real time passed), the entry says it is over
     assert cache.get("v", DIGEST) is None
 
 
-def test_an_entry_replayed_past_its_expiry_is_ignored(cache: RedisCache, clock: Clock,
+def test_an_entry_replayed_past_its_expiry_is_ignored(cache: RedisCache, clock: FakeClock,
                                                       redis_server: RedisServer) -> None:
     cache.set("v", DIGEST, b"payload", 10)
     (name,) = names(redis_server)
     with redis_server.client() as raw:
         recorded = raw.get(name)
         raw.delete(name)
-        clock.now += 60
+        clock.advance(60)
         raw.set(name, recorded)  # written back without a TTL by someone with write access to Redis
     assert cache.get("v", DIGEST) is None
     assert cache.status().tampered == 0  # authentic, just over
@@ -341,7 +332,7 @@ async def test_a_lease_async(make_cache: Callable[..., RedisCache]) -> None:
 # -- Redis down or slow -------------------------------------------------------------------------
 
 
-def test_redis_killed_mid_test(cache: RedisCache, redis_server: RedisServer, timer: Clock,
+def test_redis_killed_mid_test(cache: RedisCache, redis_server: RedisServer, timer: FakeClock,
                                caplog: pytest.LogCaptureFixture) -> None:
     cache.set("v", DIGEST, b"payload", 60)
     redis_server.kill()
@@ -354,12 +345,12 @@ def test_redis_killed_mid_test(cache: RedisCache, redis_server: RedisServer, tim
         assert time.monotonic() - start < 1.0  # one failed connect, then skipped without the network
         status = cache.status()
         assert (status.available, status.errors, status.skipped) == (False, 1, 149)
-        timer.now += 1.5  # past the first back-off: one probe, which fails, and a longer back-off
+        timer.advance(1.5)  # past the first back-off: one probe, which fails, and a longer back-off
         assert cache.get("v", DIGEST) is None and cache.status().errors == 2
-        timer.now += 1.5
+        timer.advance(1.5)
         assert cache.get("v", DIGEST) is None and cache.status().errors == 2  # still backing off (2 s)
         redis_server.restart()
-        timer.now += 1.0
+        timer.advance(1.0)
         assert cache.get("v", DIGEST) is None  # the restarted server is empty
         cache.set("v", DIGEST, b"payload", 60)
         assert cache.get("v", DIGEST) == b"payload" and cache.status().available
@@ -369,7 +360,7 @@ def test_redis_killed_mid_test(cache: RedisCache, redis_server: RedisServer, tim
 
 
 @pytest.mark.anyio
-async def test_redis_killed_mid_test_async(cache: RedisCache, redis_server: RedisServer, timer: Clock,
+async def test_redis_killed_mid_test_async(cache: RedisCache, redis_server: RedisServer, timer: FakeClock,
                                            caplog: pytest.LogCaptureFixture) -> None:
     await cache.aset("v", DIGEST, b"payload", 60)
     redis_server.kill()
@@ -380,7 +371,7 @@ async def test_redis_killed_mid_test_async(cache: RedisCache, redis_server: Redi
             assert not await cache.atry_lock("jwks", b"issuer", 5)
         assert time.monotonic() - start < 1.0
         redis_server.restart()
-        timer.now += 1.5
+        timer.advance(1.5)
         await cache.aset("v", DIGEST, b"payload", 60)
         assert await cache.aget("v", DIGEST) == b"payload"
     assert len(redis_warnings(caplog)) == 1 and len(redis_warnings(caplog, logging.INFO)) == 1
@@ -495,7 +486,7 @@ def test_without_redis_server_the_tests_skip_except_in_ci(ci: str, outcome: str)
 
 
 def test_calls_under_way_when_redis_fails_back_off_once(cache: RedisCache, redis_server: RedisServer,
-                                                        timer: Clock) -> None:
+                                                        timer: FakeClock) -> None:
     cache.set("v", DIGEST, b"payload", 60)
     redis_server.kill()
     barrier = threading.Barrier(4)
@@ -544,7 +535,7 @@ ASYNC_CALLS: dict[str, Callable[[RedisCache], Any]] = {
 MISSES = (None, False)  # what every call answers when Redis cannot be used
 
 
-def hostile_cache(server: RespServer, timer: Clock, clock: Clock) -> RedisCache:
+def hostile_cache(server: RespServer, timer: FakeClock, clock: FakeClock) -> RedisCache:
     return RedisCache(server.url, secret=SECRET, timeout=0.1, clock=clock, timer=timer)
 
 
@@ -552,7 +543,7 @@ def hostile_cache(server: RespServer, timer: Clock, clock: Clock) -> RedisCache:
 @pytest.mark.parametrize("answer", [after_handshake(SLOW_VALUE), lambda command: SLOW_VALUE],
                          ids=["value", "handshake"])
 def test_a_trickled_reply_is_given_up_at_the_deadline(call: str, answer: Callable[[list[bytes]], bytes],
-                                                      timer: Clock, clock: Clock,
+                                                      timer: FakeClock, clock: FakeClock,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     with resp_server(answer, trickle=TRICKLE) as server:
         cache = hostile_cache(server, timer, clock)
@@ -567,7 +558,8 @@ def test_a_trickled_reply_is_given_up_at_the_deadline(call: str, answer: Callabl
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("call", sorted(ASYNC_CALLS))
-async def test_a_trickled_reply_is_given_up_at_the_deadline_async(call: str, timer: Clock, clock: Clock) -> None:
+async def test_a_trickled_reply_is_given_up_at_the_deadline_async(call: str, timer: FakeClock,
+                                                                  clock: FakeClock) -> None:
     with resp_server(after_handshake(SLOW_VALUE), trickle=TRICKLE) as server:
         cache = hostile_cache(server, timer, clock)
         start = time.monotonic()
@@ -577,7 +569,7 @@ async def test_a_trickled_reply_is_given_up_at_the_deadline_async(call: str, tim
     assert elapsed < 0.3 and cache.status().errors == 1
 
 
-def test_a_deadline_does_not_outlive_its_call(redis_server: RedisServer, timer: Clock, clock: Clock) -> None:
+def test_a_deadline_does_not_outlive_its_call(redis_server: RedisServer, timer: FakeClock, clock: FakeClock) -> None:
     """The deadline bounds each call, not the connection: a pooled connection serves later calls normally."""
     cache = RedisCache(redis_server.url, secret=SECRET, timeout=0.1, clock=clock, timer=timer)
     cache.set("v", DIGEST, b"payload", 60)
@@ -617,7 +609,7 @@ WRONG_REPLIES = {
 @pytest.mark.parametrize("answer", [_everything_ok, *(after_handshake(r) for r in WRONG_REPLIES.values())],
                          ids=["+OK to everything", *WRONG_REPLIES])
 def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception(answer: Callable[[list[bytes]], bytes],
-                                                                timer: Clock, clock: Clock,
+                                                                timer: FakeClock, clock: FakeClock,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     with resp_server(answer) as server, caplog.at_level(logging.WARNING, logger="k8s_jwt_auth.redis"):
         cache = hostile_cache(server, timer, clock)
@@ -626,7 +618,7 @@ def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception(answer: Callable
                 assert call(cache) in (*MISSES, True)  # a SET NX answered +OK is a lease
             cache.unlock("jwks", b"issuer")
             assert cache.get("v", DIGEST) is None
-            timer.now += BACKOFF_MAX
+            timer.advance(BACKOFF_MAX)
         cache.close()
     warnings = redis_warnings(caplog)
     outages = [w for w in warnings if "unavailable" in w.getMessage()]
@@ -638,7 +630,7 @@ def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception(answer: Callable
 @pytest.mark.parametrize("answer", [_everything_ok, *(after_handshake(r) for r in WRONG_REPLIES.values())],
                          ids=["+OK to everything", *WRONG_REPLIES])
 async def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception_async(
-        answer: Callable[[list[bytes]], bytes], timer: Clock, clock: Clock) -> None:
+        answer: Callable[[list[bytes]], bytes], timer: FakeClock, clock: FakeClock) -> None:
     with resp_server(answer) as server:
         cache = hostile_cache(server, timer, clock)
         for _ in range(2):
@@ -646,12 +638,12 @@ async def test_a_reply_of_the_wrong_type_is_a_miss_never_an_exception_async(
                 assert await call(cache) in (*MISSES, True)
             await cache.aunlock("jwks", b"issuer")
             assert await cache.aget("v", DIGEST) is None
-            timer.now += BACKOFF_MAX
+            timer.advance(BACKOFF_MAX)
         await cache.aclose()
 
 
 @pytest.mark.parametrize("reply", sorted(set(WRONG_REPLIES) - {"error", "not RESP", "verbatim"}))
-def test_a_value_of_the_wrong_type_counts_as_a_failed_call(reply: str, timer: Clock, clock: Clock,
+def test_a_value_of_the_wrong_type_counts_as_a_failed_call(reply: str, timer: FakeClock, clock: FakeClock,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     with resp_server(after_handshake(WRONG_REPLIES[reply])) as server:
         cache = hostile_cache(server, timer, clock)

@@ -28,7 +28,7 @@ from k8s_jwt_auth._remote import RemoteKeySource
 from k8s_jwt_auth._shared_fetch import SharedJwksFetcher
 from k8s_jwt_auth.keys import key_source_from_config
 from k8s_jwt_auth.redis_cache import RedisCache
-from k8s_jwt_auth.testing import FakeIssuer, SigningKey
+from k8s_jwt_auth.testing import FakeClock, FakeIssuer, SigningKey
 
 from ._redis import RedisServer, redis_server, redis_session
 from ._stores import MemoryStore
@@ -39,14 +39,6 @@ SECRET = "0123456789abcdef" * 4
 # These tests are about what replicas share, not about time limits (test_redis_cache.py has those): a generous
 # deadline, so that a loaded machine (8 threads, spawned processes) does not trip the breaker mid-test.
 TIMEOUT = 2.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -153,7 +145,7 @@ def test_a_refresh_after_max_age_fetches_once(issuer: FakeIssuer, sources: Calla
     for source in replicas:
         source.get(issuer.key.kid, "RS256")
     assert issuer.jwks_fetches == 1
-    clock.now += 601  # past cache_max_age (600 s): every replica must refetch before answering
+    clock.advance(601)  # past cache_max_age (600 s): every replica must refetch before answering
     in_threads(4, lambda i: replicas[i].get(issuer.key.kid, "RS256"))
     assert issuer.jwks_fetches == 2
     assert all(s.status().fresh for s in replicas)
@@ -228,7 +220,7 @@ def test_a_shared_document_is_used_for_what_is_left_of_its_max_age(issuer: FakeI
                                                                    sources: Callable[..., RemoteKeySource]) -> None:
     wall = FakeClock(time.time())
     sources(wall_clock=wall).get(issuer.key.kid, "RS256")
-    wall.now += 30  # this replica starts 30 s after the first one fetched
+    wall.advance(30)  # this replica starts 30 s after the first one fetched
     later = sources(FakeClock(), wall_clock=wall)
     later.get(issuer.key.kid, "RS256")
     status = later.status()
@@ -250,14 +242,14 @@ def test_a_fresh_replica_does_not_take_a_shared_key_set_older_than_the_bound(
         issuer: FakeIssuer, sources: Callable[..., RemoteKeySource]) -> None:
     wall = FakeClock(time.time())
     sources(wall_clock=wall).get(issuer.key.kid, "RS256")
-    wall.now += 61  # older than SHARED_KEYS_MAX_AGE (60 s): this replica asks the issuer itself
+    wall.advance(61)  # older than SHARED_KEYS_MAX_AGE (60 s): this replica asks the issuer itself
     later = sources(wall_clock=wall)
     later.get(issuer.key.kid, "RS256")
     assert issuer.jwks_fetches == 2
-    wall.now += 10  # ... and publishes: the next replica takes its set
+    wall.advance(10)  # ... and publishes: the next replica takes its set
     sources(wall_clock=wall).get(issuer.key.kid, "RS256")
     assert issuer.jwks_fetches == 2
-    wall.now += 20
+    wall.advance(20)
     strict = sources(wall_clock=wall, shared_keys_max_age=15)
     strict.get(issuer.key.kid, "RS256")
     assert issuer.jwks_fetches == 3
@@ -272,12 +264,12 @@ def test_a_replayed_key_set_does_not_bring_back_a_removed_key(
     sources(wall_clock=wall).get(old.kid, "RS256")
     name, recorded = shared_key_set(redis_server)  # what someone with write access to Redis keeps
     new = issuer.rotate()  # the old key is removed: tokens it signed must stop verifying
-    wall.now += 120
+    wall.advance(120)
     assert sources(wall_clock=wall).get(new.kid, "RS256").kid == new.kid  # the fleet publishes the new set
     assert issuer.jwks_fetches == 2
     with redis_server.client() as raw:
         raw.set(name, recorded, px=300_000)  # replayed: authentic, its embedded expiry still ahead
-    wall.now += 5
+    wall.advance(5)
     fresh = sources(wall_clock=wall)
     with pytest.raises(InvalidToken) as info:
         fresh.get(old.kid, "RS256")
@@ -367,7 +359,7 @@ def test_a_replica_never_takes_a_replayed_set_older_than_one_it_had(
     assert replica.get(new.kid, "RS256").kid == new.kid  # took the old set, then asked the issuer (4c)
     with redis_server.client() as raw:
         raw.set(name, recorded, px=300_000)  # replayed within SHARED_KEYS_MAX_AGE: recent, but older
-    clock.now += 601  # the replica's keys expire: it refetches before answering
+    clock.advance(601)  # the replica's keys expire: it refetches before answering
     assert replica.get(new.kid, "RS256").kid == new.kid and replica.status().kids == (new.kid,)
     assert issuer.jwks_fetches == 3
 
@@ -581,7 +573,7 @@ def test_redis_killed_mid_test_the_verifier_keeps_verifying_locally(
             assert verifier.verify(issuer.mint("shop", f"sa-{i}")).service_account == f"sa-{i}"
         assert time.monotonic() - start < 1.5
         redis_server.restart()
-        timer.now += 1.5
+        timer.advance(1.5)
         verifier.verify(issuer.mint("shop", "after"))
         assert store.status().available
         assert replicas(shared=RedisCache(redis_server.url, secret=SECRET)).verify(

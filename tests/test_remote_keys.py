@@ -22,26 +22,14 @@ from k8s_jwt_auth import ConfigurationError, InvalidToken, KeySetUnavailable, To
 from k8s_jwt_auth._jwks_fetch import ACCEPT_DISCOVERY, ACCEPT_JWKS
 from k8s_jwt_auth._remote import RemoteKeySource
 from k8s_jwt_auth.keys import VerificationKey, key_source_from_config
-from k8s_jwt_auth.testing import FakeIssuer
+from k8s_jwt_auth.testing import FakeClock, FakeIssuer
 
 RBAC_ROLE = "system:service-account-issuer-discovery"
 
 
-class FakeClock:
-    """Monotonic seconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
+    """Monotonic seconds that move only when a test says so."""
     return FakeClock()
 
 

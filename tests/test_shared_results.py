@@ -14,7 +14,7 @@ import pytest
 from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
 from k8s_jwt_auth._shared import SharedStore
 from k8s_jwt_auth.keys import VerificationKey, jwk_thumbprint
-from k8s_jwt_auth.testing import SigningKey
+from k8s_jwt_auth.testing import FakeClock, SigningKey
 
 from ._stores import MemoryStore
 from .conftest import NOW, TEST_ISSUER
@@ -57,15 +57,15 @@ def thumbprint(key: SigningKey) -> str:
 
 
 @pytest.fixture
-def clock() -> list[float]:
-    return [NOW]
+def clock() -> FakeClock:
+    return FakeClock(NOW)
 
 
-def replica(store: SharedStore, key: SigningKey, clock: list[float], **overrides: Any) -> tuple[TokenVerifier, Any]:
+def replica(store: SharedStore, key: SigningKey, clock: FakeClock, **overrides: Any) -> tuple[TokenVerifier, Any]:
     settings: dict[str, Any] = {"issuer": TEST_ISSUER, "audiences": "test", "jwks": {"keys": [key.public_jwk()]}}
     settings.update(overrides)
     keys = CountingKeys(key)
-    return TokenVerifier(VerifierConfig(**settings), keys=keys, shared=store, clock=lambda: clock[0]), keys
+    return TokenVerifier(VerifierConfig(**settings), keys=keys, shared=store, clock=clock), keys
 
 
 def mint(key: SigningKey, lifetime: float = 3600, **claims: Any) -> str:
@@ -78,8 +78,8 @@ def mint(key: SigningKey, lifetime: float = 3600, **claims: Any) -> str:
 
 
 def test_a_token_verified_by_one_replica_skips_the_signature_check_on_another(rsa_key: SigningKey,
-                                                                             clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+                                                                             clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, first_keys = replica(store, rsa_key, clock)
     second, second_keys = replica(store, rsa_key, clock)
     token = mint(rsa_key)
@@ -94,8 +94,8 @@ def test_a_token_verified_by_one_replica_skips_the_signature_check_on_another(rs
 
 
 @pytest.mark.anyio
-async def test_the_async_path_shares_the_same_way(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+async def test_the_async_path_shares_the_same_way(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock)
     second, second_keys = replica(store, rsa_key, clock)
     token = mint(rsa_key)
@@ -105,8 +105,8 @@ async def test_the_async_path_shares_the_same_way(rsa_key: SigningKey, clock: li
 
 
 def test_claims_are_checked_again_by_each_replica_with_its_own_settings(rsa_key: SigningKey,
-                                                                       clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+                                                                       clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock)
     strict, _ = replica(store, rsa_key, clock, require_pod_binding=True)
     token = mint(rsa_key)
@@ -116,22 +116,22 @@ def test_claims_are_checked_again_by_each_replica_with_its_own_settings(rsa_key:
     assert info.value.reason == "not_pod_bound"
 
 
-def test_entries_never_outlive_the_token(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+def test_entries_never_outlive_the_token(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock, token_cache_ttl=10_000)
     token = mint(rsa_key, lifetime=120)  # exp = NOW + 110
     first.verify(token)
     (value, until), = store.data.values()
     assert until == pytest.approx(NOW + 110)
-    clock[0] = NOW + 111 + 60  # past exp + leeway: a replica refuses it whatever the store says
+    clock.set(NOW + 111 + 60)  # past exp + leeway: a replica refuses it whatever the store says
     second, _ = replica(store, rsa_key, clock)
     with pytest.raises(InvalidToken) as info:
         second.verify(token)
     assert info.value.reason == "expired"
 
 
-def test_entries_last_at_most_the_token_cache_ttl(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+def test_entries_last_at_most_the_token_cache_ttl(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock, token_cache_ttl=30)
     first.verify(mint(rsa_key))
     (_, until), = store.data.values()
@@ -150,8 +150,8 @@ def test_entries_last_at_most_the_token_cache_ttl(rsa_key: SigningKey, clock: li
     b"",
 ])
 def test_an_entry_that_does_not_fit_the_token_is_ignored(rsa_key: SigningKey, ec_key: SigningKey,
-                                                         clock: list[float], entry: bytes) -> None:
-    store = MemoryStore(lambda: clock[0])
+                                                         clock: FakeClock, entry: bytes) -> None:
+    store = MemoryStore(clock)
     verifier, keys = replica(store, rsa_key, clock)
     token = mint(rsa_key)
     import hashlib
@@ -164,8 +164,8 @@ def test_an_entry_that_does_not_fit_the_token_is_ignored(rsa_key: SigningKey, ec
     assert verifier.cache_info().shared_misses == 1  # type: ignore[union-attr]
 
 
-def test_a_forged_token_is_not_helped_by_an_entry_for_the_real_one(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+def test_a_forged_token_is_not_helped_by_an_entry_for_the_real_one(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock)
     token = mint(rsa_key)
     first.verify(token)
@@ -177,8 +177,8 @@ def test_a_forged_token_is_not_helped_by_an_entry_for_the_real_one(rsa_key: Sign
     assert info.value.reason == "bad_signature"
 
 
-def test_without_a_local_cache_the_shared_store_still_serves(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+def test_without_a_local_cache_the_shared_store_still_serves(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock, token_cache_size=0)
     second, second_keys = replica(store, rsa_key, clock, token_cache_size=0)
     token = mint(rsa_key)
@@ -187,8 +187,8 @@ def test_without_a_local_cache_the_shared_store_still_serves(rsa_key: SigningKey
     assert second_keys.checks == 0 and store.reads == 2
 
 
-def test_sharing_verified_tokens_can_be_turned_off(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+def test_sharing_verified_tokens_can_be_turned_off(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock, redis_share_tokens=False)
     second, second_keys = replica(store, rsa_key, clock, redis_share_tokens=False)
     token = mint(rsa_key)
@@ -200,8 +200,8 @@ def test_sharing_verified_tokens_can_be_turned_off(rsa_key: SigningKey, clock: l
 # -- a shared entry names the key material, not only the kid (#14 item 4a) ---------------------------
 
 
-def test_a_kid_reused_for_other_key_material_is_verified_in_full(rsa_key: SigningKey, clock: list[float]) -> None:
-    store = MemoryStore(lambda: clock[0])
+def test_a_kid_reused_for_other_key_material_is_verified_in_full(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
     first, _ = replica(store, rsa_key, clock)
     token = mint(rsa_key)
     first.verify(token)

@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 
 from k8s_jwt_auth import InvalidToken, RemoteKeySource, TokenVerifier, VerifierConfig
-from k8s_jwt_auth.testing import FakeIssuer, SigningKey, build_claims, sign
+from k8s_jwt_auth.testing import FakeClock, FakeIssuer, SigningKey, build_claims, sign
 
 from .conftest import NOW, TEST_ISSUER
 
 
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(key: SigningKey, clock: Clock, **overrides: object) -> TokenVerifier:
+def make(key: SigningKey, clock: FakeClock, **overrides: object) -> TokenVerifier:
     settings: dict[str, object] = {"issuer": TEST_ISSUER, "audiences": ["test"], "jwks": {"keys": [key.public_jwk()]}}
     settings.update(overrides)
     return TokenVerifier(VerifierConfig(**settings), clock=clock)  # type: ignore[arg-type]
@@ -30,7 +22,7 @@ def token(key: SigningKey, **kwargs: object) -> str:
 
 
 def test_second_verification_is_a_hit(rsa_key: SigningKey) -> None:
-    verifier = make(rsa_key, Clock())
+    verifier = make(rsa_key, FakeClock(NOW))
     t = token(rsa_key, namespace="payments")
     first = verifier.verify(t)
     assert verifier.verify(t) is first
@@ -40,58 +32,58 @@ def test_second_verification_is_a_hit(rsa_key: SigningKey) -> None:
 
 @pytest.mark.anyio
 async def test_sync_and_async_share_the_cache(rsa_key: SigningKey) -> None:
-    verifier = make(rsa_key, Clock())
+    verifier = make(rsa_key, FakeClock(NOW))
     t = token(rsa_key)
     assert await verifier.verify_async(t) is verifier.verify(t)
     assert verifier.cache_info().hits == 1  # type: ignore[union-attr]
 
 
 def test_entry_never_outlives_exp(rsa_key: SigningKey) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     verifier = make(rsa_key, clock, token_cache_ttl=86400)
     t = token(rsa_key, lifetime=600)
     verifier.verify(t)
-    clock.now = NOW + 600 + 1  # past exp, inside the leeway: verified again in full, still valid
+    clock.set(NOW + 600 + 1)  # past exp, inside the leeway: verified again in full, still valid
     assert verifier.verify(t)
     assert verifier.cache_info().misses == 2  # type: ignore[union-attr]
-    clock.now = NOW + 600 + 61
+    clock.set(NOW + 600 + 61)
     with pytest.raises(InvalidToken) as info:
         verifier.verify(t)
     assert info.value.reason == "expired"
 
 
 def test_entry_never_outlives_the_ttl(rsa_key: SigningKey) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     verifier = make(rsa_key, clock, token_cache_ttl=30)
     t = token(rsa_key)
     verifier.verify(t)
-    clock.now += 31
+    clock.advance(31)
     verifier.verify(t)
     assert verifier.cache_info().hits == 0  # type: ignore[union-attr]
 
 
 def test_staleness_is_flagged_when_warnafter_passes(rsa_key: SigningKey) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     verifier = make(rsa_key, clock)
     t = token(rsa_key, lifetime=86400, warn_after=NOW + 100)
     assert verifier.verify(t).stale is False
-    clock.now = NOW + 101
+    clock.set(NOW + 101)
     assert verifier.verify(t).stale is True
 
 
 def test_max_token_age_is_enforced_on_cached_tokens(rsa_key: SigningKey) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     verifier = make(rsa_key, clock, max_token_age=100, leeway=0)
     t = token(rsa_key)
     verifier.verify(t)
-    clock.now = NOW + 101
+    clock.set(NOW + 101)
     with pytest.raises(InvalidToken) as info:
         verifier.verify(t)
     assert info.value.reason == "too_old"
 
 
 def test_rejected_tokens_are_not_cached(rsa_key: SigningKey) -> None:
-    verifier = make(rsa_key, Clock())
+    verifier = make(rsa_key, FakeClock(NOW))
     bad = token(rsa_key, audiences=["other"])
     for _ in range(2):
         with pytest.raises(InvalidToken):
@@ -100,7 +92,7 @@ def test_rejected_tokens_are_not_cached(rsa_key: SigningKey) -> None:
 
 
 def test_cache_holds_digests_not_tokens(rsa_key: SigningKey) -> None:
-    verifier = make(rsa_key, Clock())
+    verifier = make(rsa_key, FakeClock(NOW))
     t = token(rsa_key)
     identity = verifier.verify(t)
     stored = list(verifier._cache._cache.keys())  # type: ignore[union-attr]
@@ -109,7 +101,7 @@ def test_cache_holds_digests_not_tokens(rsa_key: SigningKey) -> None:
 
 
 def test_cache_can_be_turned_off(rsa_key: SigningKey) -> None:
-    verifier = make(rsa_key, Clock(), token_cache_size=0)
+    verifier = make(rsa_key, FakeClock(NOW), token_cache_size=0)
     t = token(rsa_key)
     assert verifier.verify(t) == verifier.verify(t)
     assert verifier.verify(t) is not verifier.verify(t)
@@ -117,7 +109,7 @@ def test_cache_can_be_turned_off(rsa_key: SigningKey) -> None:
 
 
 def test_cache_is_bounded(rsa_key: SigningKey) -> None:
-    verifier = make(rsa_key, Clock(), token_cache_size=3)
+    verifier = make(rsa_key, FakeClock(NOW), token_cache_size=3)
     for i in range(5):
         verifier.verify(token(rsa_key, namespace=f"ns-{i}"))
     assert verifier.cache_info().currsize == 3  # type: ignore[union-attr]

@@ -42,7 +42,7 @@ from k8s_jwt_auth import (
 )
 from k8s_jwt_auth._shared import SharedStore
 from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
-from k8s_jwt_auth.testing import FakeIssuer
+from k8s_jwt_auth.testing import FakeClock, FakeIssuer
 from k8s_jwt_auth.tokenreview import REVIEW_PATH, TokenReviewer, TokenReviewResult
 
 from ._asgi import TestClient, bearer
@@ -58,19 +58,6 @@ OWN_TOKEN = "reviewer-own-token"
 UNAVAILABLE_MODES = ["down", "slow", "error", "garbage", "oversized", "unauthorized", "forbidden"]
 
 
-class Clock:
-    """Unix seconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 Review = Callable[[TokenReviewer, str, WorkloadIdentity], WorkloadIdentity]
 
 
@@ -83,9 +70,9 @@ def review(request: pytest.FixtureRequest) -> Review:
 
 
 @pytest.fixture
-def clock(issuer: FakeIssuer) -> Clock:
+def clock(issuer: FakeIssuer) -> FakeClock:
     """The test clock, also the fake API server's (reset() gives the issuer its own clock back)."""
-    shared = Clock()
+    shared = FakeClock(NOW)
     issuer.clock = shared
     return shared
 
@@ -98,13 +85,13 @@ def own_token_file(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def verifier(issuer: FakeIssuer, clock: Clock) -> TokenVerifier:
+def verifier(issuer: FakeIssuer, clock: FakeClock) -> TokenVerifier:
     """Local verification only (static keys), audience "test"."""
     return TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"], jwks=issuer.jwks()), clock=clock)
 
 
 @pytest.fixture
-def make_reviewer(issuer: FakeIssuer, clock: Clock, own_token_file: str) -> Iterator[Callable[..., TokenReviewer]]:
+def make_reviewer(issuer: FakeIssuer, clock: FakeClock, own_token_file: str) -> Iterator[Callable[..., TokenReviewer]]:
     def factory(**overrides: Any) -> TokenReviewer:
         settings: dict[str, Any] = {"audiences": ["test"], "token_file": own_token_file, "clock": clock}
         settings.update(overrides)
@@ -318,7 +305,7 @@ def test_valid_token_is_reviewed_with_groups(issuer: FakeIssuer, verifier: Token
         (f"Bearer {OWN_TOKEN}", "application/json", "application/json")
 
 
-def test_the_fake_api_server_answers_like_the_recorded_one(issuer: FakeIssuer, clock: Clock) -> None:
+def test_the_fake_api_server_answers_like_the_recorded_one(issuer: FakeIssuer, clock: FakeClock) -> None:
     token = pod_token(issuer)
     status = issuer.review(token, ["test", "billing-api"])
     recorded = json.loads((RECORDED / "tr-02-valid-pod-bound.response.json").read_text())["status"]
@@ -337,7 +324,7 @@ def test_the_fake_api_server_answers_like_the_recorded_one(issuer: FakeIssuer, c
     assert issuer.review(issuer.mint(audiences=issuer.issuer))["audiences"] == [issuer.issuer]
 
 
-def test_the_fake_api_server_verifies_ec_tokens_and_honours_60s_of_leeway(issuer: FakeIssuer, clock: Clock) -> None:
+def test_the_fake_api_server_verifies_ec_tokens_and_honours_60s_of_leeway(issuer: FakeIssuer, clock: FakeClock) -> None:
     issuer.rotate("ES256", drop_old=False)
     token = issuer.mint(audiences="test", lifetime=600)
     clock.advance(600 + 59)
@@ -367,7 +354,7 @@ def test_a_configured_reviewer_token_must_match(issuer: FakeIssuer, verifier: To
 
 
 def test_deleted_pod_is_authenticated_within_the_api_servers_cache_then_revoked(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     review: Review,
 ) -> None:
     reviewer = make_reviewer(cache_ttl=0)  # only the API server's cache (10 s) in the way
@@ -388,7 +375,7 @@ def test_deleted_pod_is_authenticated_within_the_api_servers_cache_then_revoked(
 
 
 def test_revocation_window_is_our_cache_ttl_plus_the_api_servers(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     reviewer = make_reviewer(cache_ttl=5)
     token = pod_token(issuer)
@@ -406,7 +393,7 @@ def test_revocation_window_is_our_cache_ttl_plus_the_api_servers(
 
 
 def test_a_cache_hit_for_the_same_identity_returns_the_same_reviewed_identity(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     reviewer = make_reviewer(cache_ttl=5)
     token = pod_token(issuer)
@@ -447,7 +434,7 @@ def test_wrong_audience_at_the_api_server_is_bad_audience(
 
 
 def test_expired_at_the_api_server_is_expired(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     review: Review,
 ) -> None:
     token = pod_token(issuer, lifetime=600)
@@ -462,39 +449,40 @@ def test_expired_at_the_api_server_is_expired(
 
 RECORDED_ERROR = {case["name"]: case["error"] for case in INDEX}
 # What a case does to the fake cluster: (issuer, clock, token, identity) -> (spec.audiences, status.error).
-Refusal = Callable[[FakeIssuer, Clock, str, WorkloadIdentity], tuple[list[str], str]]
+Refusal = Callable[[FakeIssuer, FakeClock, str, WorkloadIdentity], tuple[list[str], str]]
 
 
-def _deleted_pod(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
+def _deleted_pod(issuer: FakeIssuer, clock: FakeClock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
     issuer.delete_pod("api-1", namespace="payments")
     return ["payments-api"], RECORDED_ERROR["tr-14b-pod-doomed-after-delete"]
 
 
-def _recreated_pod(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
+def _recreated_pod(issuer: FakeIssuer, clock: FakeClock, token: str, identity: WorkloadIdentity
+                   ) -> tuple[list[str], str]:
     new = issuer.recreate_pod("api-1", namespace="payments")
     return ["payments-api"], f"[invalid bearer token, pod UID ({new}) does not match service account pod ref claim " \
                      f"({identity.pod_uid})]"
 
 
-def _deleted_account(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity
+def _deleted_account(issuer: FakeIssuer, clock: FakeClock, token: str, identity: WorkloadIdentity
                      ) -> tuple[list[str], str]:
     issuer.delete_service_account("payments", "api")
     return ["payments-api"], '[invalid bearer token, serviceaccounts "api" not found]'
 
 
-def _recreated_account(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity
+def _recreated_account(issuer: FakeIssuer, clock: FakeClock, token: str, identity: WorkloadIdentity
                        ) -> tuple[list[str], str]:
     new = issuer.recreate_service_account("payments", "api")
     return ["payments-api"], f"[invalid bearer token, service account UID ({new}) does not match claim " \
                      f"({identity.service_account_uid})]"
 
 
-def _expired(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
+def _expired(issuer: FakeIssuer, clock: FakeClock, token: str, identity: WorkloadIdentity) -> tuple[list[str], str]:
     clock.advance(3600 + 75)  # past exp and the API server's 60 s of leeway, as in the recording
     return ["payments-api"], RECORDED_ERROR["tr-21-expired-past-leeway"]
 
 
-def _wrong_audience(issuer: FakeIssuer, clock: Clock, token: str, identity: WorkloadIdentity
+def _wrong_audience(issuer: FakeIssuer, clock: FakeClock, token: str, identity: WorkloadIdentity
                     ) -> tuple[list[str], str]:
     return ["billing-api"], RECORDED_ERROR["tr-04-wrong-aud"]  # the token's aud is ["payments-api"], as recorded
 
@@ -520,7 +508,7 @@ def _post_review(issuer: FakeIssuer, token: str, audiences: list[str]) -> tuple[
 
 @pytest.mark.parametrize("case", REFUSALS)
 def test_the_fake_api_server_refuses_like_kube_apiserver(
-    issuer: FakeIssuer, make_reviewer: Callable[..., TokenReviewer], clock: Clock, case: str, review: Review,
+    issuer: FakeIssuer, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock, case: str, review: Review,
 ) -> None:
     refuse, reason = REFUSALS[case]
     token = pod_token(issuer, audiences="payments-api")
@@ -541,7 +529,7 @@ def test_the_fake_api_server_refuses_like_kube_apiserver(
 
 @pytest.mark.parametrize("case", [name for name, (_, reason) in REFUSALS.items() if reason != "bad_audience"])
 def test_the_verifier_maps_each_refusal_sync_and_async(
-    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: Clock, case: str,
+    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: FakeClock, case: str,
 ) -> None:
     refuse, reason = REFUSALS[case]
     verifier = reviewing_verifier(tokenreview_cache_ttl=0, leeway=120)  # locally valid a while past exp
@@ -576,7 +564,7 @@ def test_quoted_names_and_audiences_do_not_change_the_reason(
 
 
 def test_recreated_and_deleted_objects_follow_each_other_and_reset_forgets_them(
-    issuer: FakeIssuer, clock: Clock,
+    issuer: FakeIssuer, clock: FakeClock,
 ) -> None:
     issuer.review_cache_ttl = 0
     first = pod_token(issuer)
@@ -648,7 +636,7 @@ def test_unreachable_api_server_and_unreadable_token_file_are_unavailable(
 
 
 def test_failed_reviews_back_off_then_retry(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     reviewer = make_reviewer()
     token = pod_token(issuer)
@@ -670,7 +658,7 @@ def test_failed_reviews_back_off_then_retry(
 
 
 def test_fallback_returns_the_local_identity_and_warns_once_per_outage(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     caplog: pytest.LogCaptureFixture, review: Review,
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -711,7 +699,7 @@ def test_fallback_still_refuses_revoked_tokens(
 
 
 def test_answers_are_cached_for_cache_ttl(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     review: Review,
 ) -> None:
     reviewer = make_reviewer(cache_ttl=5)
@@ -729,7 +717,7 @@ def test_answers_are_cached_for_cache_ttl(
 
 
 def test_answers_are_never_cached_beyond_the_tokens_expiry(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     reviewer = make_reviewer(cache_ttl=60)
     token = pod_token(issuer, lifetime=3)
@@ -744,7 +732,7 @@ def test_answers_are_never_cached_beyond_the_tokens_expiry(
 
 
 def test_negative_answers_are_cached_unavailable_ones_are_not(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     reviewer = make_reviewer(cache_ttl=5)
     revoked, fine = pod_token(issuer), pod_token(issuer, pod="api-2")
@@ -765,7 +753,7 @@ def test_negative_answers_are_cached_unavailable_ones_are_not(
 def test_cache_ttl_zero_reviews_every_call(
     issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], review: Review,
 ) -> None:
-    reviewer = make_reviewer(cache_ttl=0, shared=MemoryStore(Clock()))
+    reviewer = make_reviewer(cache_ttl=0, shared=MemoryStore(FakeClock(NOW)))
     token = pod_token(issuer)
     identity = verifier.verify(token)
     for _ in range(3):
@@ -774,7 +762,7 @@ def test_cache_ttl_zero_reviews_every_call(
 
 
 def test_answers_are_per_audience_set(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     store = MemoryStore(clock)
     token = pod_token(issuer, audiences=["test", "billing-api"])
@@ -830,7 +818,7 @@ async def test_a_cancelled_review_releases_its_waiters(
 
 
 def test_replicas_share_answers_through_the_store(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     review: Review,
 ) -> None:
     store = MemoryStore(clock)
@@ -852,7 +840,7 @@ def test_replicas_share_answers_through_the_store(
 
 
 def test_shared_entries_expire_with_the_token_and_bad_ones_are_ignored(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
 ) -> None:
     store = MemoryStore(clock)
     token = pod_token(issuer, lifetime=2)
@@ -867,7 +855,7 @@ def test_shared_entries_expire_with_the_token_and_bad_ones_are_ignored(
 
 
 def test_a_negative_answer_is_shared_too(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     review: Review,
 ) -> None:
     store = MemoryStore(clock)
@@ -886,7 +874,7 @@ def test_a_negative_answer_is_shared_too(
 
 
 def test_no_token_in_logs_or_error_messages(
-    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: Clock,
+    issuer: FakeIssuer, verifier: TokenVerifier, make_reviewer: Callable[..., TokenReviewer], clock: FakeClock,
     caplog: pytest.LogCaptureFixture, canned: tuple[str, Callable[[int, Any], None]],
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -917,7 +905,7 @@ def test_no_token_in_logs_or_error_messages(
 # -- configuration ----------------------------------------------------------------------------------
 
 
-def test_from_config_reads_the_tokenreview_settings(issuer: FakeIssuer, own_token_file: str, clock: Clock) -> None:
+def test_from_config_reads_the_tokenreview_settings(issuer: FakeIssuer, own_token_file: str, clock: FakeClock) -> None:
     config = VerifierConfig(issuer=issuer.issuer, audiences=["test", "b"], jwks=issuer.jwks(), tokenreview=True,
                             tokenreview_url=issuer.url + "/", token_file=own_token_file, timeout=2.5,
                             tokenreview_cache_ttl=7, tokenreview_fallback=True)
@@ -957,7 +945,7 @@ def test_a_non_ascii_token_is_malformed() -> None:
 
 
 @pytest.fixture
-def reviewing_verifier(issuer: FakeIssuer, clock: Clock, own_token_file: str) -> Callable[..., TokenVerifier]:
+def reviewing_verifier(issuer: FakeIssuer, clock: FakeClock, own_token_file: str) -> Callable[..., TokenVerifier]:
     def factory(**overrides: Any) -> TokenVerifier:
         settings: dict[str, Any] = {"issuer": issuer.issuer, "audiences": ["test"], "jwks": issuer.jwks(),
                                     "tokenreview": True, "tokenreview_url": issuer.url, "token_file": own_token_file}
@@ -968,7 +956,7 @@ def reviewing_verifier(issuer: FakeIssuer, clock: Clock, own_token_file: str) ->
 
 
 def test_the_verifier_reviews_after_local_verification(
-    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: Clock,
+    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: FakeClock,
 ) -> None:
     verifier = reviewing_verifier()
     assert isinstance(verifier.reviewer, TokenReviewer)
@@ -1007,7 +995,7 @@ async def whoami(request: Request) -> JSONResponse:
 
 
 def test_starlette_app_answers_401_token_revoked_and_503_review_unavailable(
-    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: Clock,
+    issuer: FakeIssuer, reviewing_verifier: Callable[..., TokenVerifier], clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)

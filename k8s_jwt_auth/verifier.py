@@ -11,6 +11,10 @@
 6. identity;
 7. optionally, TokenReview: the API server confirms the token (`token_revoked`, or `TokenReviewUnavailable`).
 
+Both methods share every step: a cached token is answered inline (the key lookup, to check that its key is
+unchanged, is the only difference), and steps 1-6 for any other token are one generator flow
+(`_verification`) that yields its I/O (the key, the shared cache), run by `k8s_jwt_auth._flow.run` or `arun`.
+
 With a shared store (`shared=`, e.g. Redis), a token another replica verified skips step 4 only if the key
 this verifier's key source hands out for it now is the very key material that verified it: the entry names
 the key's RFC 7638 thumbprint, not just its `kid` (an issuer may reuse a `kid` for new key material). The
@@ -24,11 +28,13 @@ import dataclasses
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import _claims
 from ._cache import CachedToken, CacheInfo, TokenCache
+from ._flow import Flow, arun, run
 from ._jws import ParsedToken, decode_payload, parse
 from ._observer import UNOBSERVED, Observation, Observer, Unobserved
 from .config import VerifierConfig
@@ -119,22 +125,12 @@ class TokenVerifier:
             KeySetUnavailable: no usable key set could be obtained.
         """
         with self._observe() as seen:
-            digest = _digest(token)
-            hit = self._cached(digest)
+            digest, hit = self._lookup(token)
             if hit is not None and self._reusable(digest, hit, self.keys.get(hit.kid, hit.alg)):
                 seen.cached = True
                 identity = hit.identity
             else:
-                parsed, alg, kid = self._parse(token)
-                key = self.keys.get(kid, alg)
-                store = self._token_store
-                if store is None or digest is None:
-                    identity = self._finish(digest, parsed, alg, key)
-                else:
-                    seen_before = self._shared_entry(store.get("v", digest), alg, kid, key)
-                    identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
-                    if not seen_before:
-                        store.set("v", digest, *self._shared_record(identity, alg, kid, key))
+                identity = run(self._verification(token, digest), self._do)
             if self.reviewer is not None:
                 return self.reviewer.review(token, identity)
             return identity
@@ -147,22 +143,12 @@ class TokenVerifier:
             KeySetUnavailable: no usable key set could be obtained.
         """
         with self._observe() as seen:
-            digest = _digest(token)
-            hit = self._cached(digest)
+            digest, hit = self._lookup(token)
             if hit is not None and self._reusable(digest, hit, await self.keys.get_async(hit.kid, hit.alg)):
                 seen.cached = True
                 identity = hit.identity
             else:
-                parsed, alg, kid = self._parse(token)
-                key = await self.keys.get_async(kid, alg)
-                store = self._token_store
-                if store is None or digest is None:
-                    identity = self._finish(digest, parsed, alg, key)
-                else:
-                    seen_before = self._shared_entry(await store.aget("v", digest), alg, kid, key)
-                    identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
-                    if not seen_before:
-                        await store.aset("v", digest, *self._shared_record(identity, alg, kid, key))
+                identity = await arun(self._verification(token, digest), self._do_async)
             if self.reviewer is not None:
                 return await self.reviewer.review_async(token, identity)
             return identity
@@ -181,6 +167,41 @@ class TokenVerifier:
         """Forget every verified token (the next call of each token is verified in full)."""
         if self._cache is not None:
             self._cache.clear()
+
+    # -- the full verification, written once ------------------------------------------------------
+
+    def _verification(self, token: str | bytes, digest: bytes | None) -> Flow[_Io, WorkloadIdentity]:
+        """Steps 1-6 for a token not answered from the cache; yields its I/O (the key, the shared cache)."""
+        parsed, alg, kid = self._parse(token)
+        key: VerificationKey = yield _Io("key", kid=kid, alg=alg)
+        if self._token_store is None or digest is None:
+            return self._finish(digest, parsed, alg, key)
+        seen_before = self._shared_entry((yield _Io("get", digest=digest)), alg, kid, key)
+        identity = self._finish(digest, parsed, alg, key, signature_checked=seen_before)
+        if not seen_before:
+            value, ttl = self._shared_record(identity, alg, kid, key)
+            yield _Io("set", digest=digest, value=value, ttl=ttl)
+        return identity
+
+    def _do(self, io: _Io) -> object:
+        if io.kind == "key":
+            return self.keys.get(io.kid, io.alg)
+        store = self._token_store
+        assert store is not None  # the flow asks for the shared cache only when there is one
+        if io.kind == "get":
+            return store.get("v", io.digest)
+        store.set("v", io.digest, io.value, io.ttl)
+        return None
+
+    async def _do_async(self, io: _Io) -> object:
+        if io.kind == "key":
+            return await self.keys.get_async(io.kid, io.alg)
+        store = self._token_store
+        assert store is not None
+        if io.kind == "get":
+            return await store.aget("v", io.digest)
+        await store.aset("v", io.digest, io.value, io.ttl)
+        return None
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -225,10 +246,12 @@ class TokenVerifier:
         if not key.verify(alg, parsed.signing_input, parsed.signature):
             raise InvalidToken("the token signature is not valid", reason="bad_signature")
 
-    def _cached(self, digest: bytes | None) -> CachedToken | None:
+    def _lookup(self, token: object) -> tuple[bytes | None, CachedToken | None]:
+        """The token's digest, and its entry in the verified-token cache (if any)."""
+        digest = _digest(token)
         if self._cache is None or digest is None:
-            return None
-        return self._cache.get(digest, self._clock())
+            return digest, None
+        return digest, self._cache.get(digest, self._clock())
 
     def _reusable(self, digest: bytes | None, hit: CachedToken, key: VerificationKey) -> bool:
         """Whether the key source still hands out the key that verified the cached token."""
@@ -317,6 +340,18 @@ class TokenVerifier:
             claims=MappingProxyType(payload),  # read-only view, no copy: nobody else holds payload
             **fields,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Io:
+    """One I/O step of a full verification: the key for `kid`/`alg`, or a read or write of the shared cache."""
+
+    kind: Literal["key", "get", "set"]
+    kid: str | None = None
+    alg: str = ""
+    digest: bytes = b""
+    value: bytes = b""
+    ttl: float = 0.0
 
 
 def _shared_value(alg: str, kid: str | None, key: VerificationKey) -> bytes:

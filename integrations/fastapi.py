@@ -48,14 +48,14 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.fastapi needs FastAPI: pip install "k8s-jwt-auth[fastapi]"') from exc
 
-from k8s_jwt_auth import AuthError, Decision, Policy, Rule, TokenVerifier, VerifierConfig
-from k8s_jwt_auth._http import error_response, missing_token
-from k8s_jwt_auth.errors import ConfigurationError
+from k8s_jwt_auth import AlreadyInstalled, AuthError, ConfigurationError, Policy, Rule, TokenVerifier, VerifierConfig
+from k8s_jwt_auth.gate import AUTHENTICATE_ONLY, Gate, Outcome, refuse
+from k8s_jwt_auth.http import error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import STATE_KEY, read_token, websocket_close_code
-from ._common import build_verifier, check_policy, header_name, log_admission, log_rejection
-from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response, workload_client
+from ._asgi_common import STATE_KEY, header_values, websocket_close_code
+from ._common import build_verifier
+from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response, keyword_options, workload_client
 
 __all__ = [
     "STATE_KEY",
@@ -75,6 +75,7 @@ logger = logging.getLogger("k8s_jwt_auth.integrations.fastapi")
 
 SCHEME_NAME = "KubernetesServiceAccountToken"
 _GUARD_ATTR = "_k8s_jwt_auth_guard"
+_GATE_KEY = "k8s_jwt_auth_gate"  # app.state attribute: the Gate around app.state.k8s_jwt_auth
 _SCHEME_DESCRIPTION = "A Kubernetes projected service-account token (`Authorization: Bearer <token>`)."
 _NO_VERIFIER = ("no TokenVerifier for this app: call k8s_jwt_auth.integrations.fastapi.install(app, verifier) "
                 "at startup, or pass verifier= to require_workload()")
@@ -123,79 +124,79 @@ def install(app: Starlette, verifier: TokenVerifier | VerifierConfig | None = No
 
     Raises:
         ConfigurationError: for missing or invalid `K8S_JWT_AUTH_*` variables.
-        RuntimeError: when the app already has a verifier from `install` (as Flask's `init_app` twice).
+        AlreadyInstalled: when the app already has a verifier from `install` (a `RuntimeError`, as Flask's
+            `init_app` twice and a second middleware raise).
     """
     if getattr(app.state, STATE_KEY, None) is not None:
-        raise RuntimeError("k8s_jwt_auth is already installed on this app: call install(app, ...) once")
+        raise AlreadyInstalled("this app", "call install(app, ...) once")
     built = build_verifier(verifier)
     setattr(app.state, STATE_KEY, built)
+    setattr(app.state, _GATE_KEY, Gate(built, logger=logger))
     add_exception_handlers(app)
     return built
 
 
 class _Guard:
-    """The work behind one `require_workload(...)` dependency."""
+    """The work behind one `require_workload(...)` dependency: a route-layer gate (docs/policy-model.md)."""
 
-    __slots__ = ("header", "optional", "policy", "realm", "verifier")
+    __slots__ = ("gate", "header", "optional", "policy", "realm")
 
     def __init__(self, *, policy: Policy | None, verifier: TokenVerifier | None, optional: bool, header: bytes,
                  realm: str | None) -> None:
-        self.policy = policy
-        self.verifier = verifier
+        self.policy = policy  # the route's own rules; None: the service policy
+        self.gate = None if verifier is None else Gate(verifier, logger=logger)
         self.optional = optional
         self.header = header
         self.realm = realm
 
     async def __call__(self, conn: HTTPConnection) -> WorkloadIdentity | None:
-        token: str | None = None
-        try:
-            user = conn.scope.get("user")
-            if isinstance(user, WorkloadUser):  # the middleware verified it already (and logged an admission)
-                decision = check_policy(user.workload, self._policy(conn, self._find_verifier(conn)), logger)
-                if self.policy is not None:  # the route's own rules: a second gate with its own audit record
-                    self._admitted(conn, user.workload, decision)
+        scope = conn.scope
+        user = scope.get("user")
+        path, method, transport = scope.get("path", ""), scope.get("method"), scope["type"]
+        if isinstance(user, WorkloadUser):  # an enforcing layer admitted it: only the route's own rules are new
+            if self.policy is None:
                 return user.workload
-            token = read_token(conn.scope, self.header)
-            return await self._verify(conn, token)
-        except AuthError as exc:
-            log_rejection(logger, exc, path=conn.scope.get("path", ""), kind=conn.scope["type"], token=token,
-                          method=conn.scope.get("method"))
-            if conn.scope["type"] == "websocket":
-                raise WebSocketException(websocket_close_code(exc), exc.reason) from exc
-            raise WorkloadHTTPException(exc, self.realm) from exc
-
-    async def _verify(self, conn: HTTPConnection, token: str | None) -> WorkloadIdentity | None:
-        if token is None:
+            gate = self._gate(conn, user.gate)
+            if gate is None:
+                raise RuntimeError(_NO_VERIFIER)
+            outcome = gate.authorize(user.workload, policy=self.policy, path=path, method=method, transport=transport)
+            return self._result(scope, outcome)
+        credentials = header_values(scope, self.header)
+        gate = self._gate(conn, None)
+        if gate is None:  # no verifier anywhere: fine while there is nothing to verify
+            if credentials:
+                raise RuntimeError(_NO_VERIFIER)
             if self.optional:
                 return None
-            raise missing_token()
-        verifier = self._find_verifier(conn)
+            return self._result(scope, refuse(missing_token(), logger=logger, path=path, method=method,
+                                              transport=transport))
+        policy = self.policy
+        if policy is None and _route_has_own_rules(conn):
+            policy = AUTHENTICATE_ONLY  # another gate of this route applies the route's rules
+        outcome = await gate.aadmit(credentials, policy=policy, optional=self.optional, path=path, method=method,
+                                    transport=transport)
+        return self._result(scope, outcome)
+
+    def _result(self, scope: Any, outcome: Outcome) -> WorkloadIdentity | None:
+        if outcome.error is None:
+            return outcome.workload
+        if scope["type"] == "websocket":
+            raise WebSocketException(websocket_close_code(outcome.error), outcome.error.reason)
+        raise WorkloadHTTPException(outcome.error, self.realm)
+
+    def _gate(self, conn: HTTPConnection, middleware: object) -> Gate | None:
+        """This dependency's gate, else the app's (`install`), else the middleware's that admitted the request."""
+        if self.gate is not None:
+            return self.gate
+        state = conn.app.state
+        verifier = getattr(state, STATE_KEY, None)
         if verifier is None:
-            raise RuntimeError(_NO_VERIFIER)
-        workload = await verifier.verify_async(token)
-        policy = self._policy(conn, verifier)
-        decision = check_policy(workload, policy, logger)
-        if self.policy is not None or not _route_has_own_rules(conn):
-            self._admitted(conn, workload, decision)  # (else the gate with the route's rules records the decision)
-        return workload
-
-    @staticmethod
-    def _admitted(conn: HTTPConnection, workload: WorkloadIdentity, decision: Decision | None) -> None:
-        log_admission(logger, workload, decision, path=conn.scope.get("path", ""), method=conn.scope.get("method"),
-                      kind=conn.scope["type"])
-
-    def _find_verifier(self, conn: HTTPConnection) -> TokenVerifier | None:
-        return self.verifier or getattr(conn.app.state, STATE_KEY, None)
-
-    def _policy(self, conn: HTTPConnection, verifier: TokenVerifier | None) -> Policy | None:
-        """This gate's rules; else the service policy, unless another gate on the route has rules of its own
-        (they replace the service policy for the route: `Workload` beside `require_workload("payments/*")`
-        must not deny what the route's rules allow)."""
-        if self.policy is not None:
-            return self.policy
-        if verifier is None or _route_has_own_rules(conn):
-            return None
-        return verifier.policy
+            return middleware if isinstance(middleware, Gate) else None
+        gate = getattr(state, _GATE_KEY, None)
+        if not isinstance(gate, Gate) or gate.verifier is not verifier:  # app.state.k8s_jwt_auth set by hand
+            gate = Gate(verifier, logger=logger)
+            setattr(state, _GATE_KEY, gate)
+        return gate
 
 
 _ROUTE_RULES_ATTR = "_k8s_jwt_auth_own_rules"  # cached on the route (APIRoute is not hashable)
@@ -252,8 +253,8 @@ def require_workload(
     *rules: str | Rule,
     policy: Policy | None = None,
     verifier: TokenVerifier | VerifierConfig | None = None,
-    optional: bool = False,
-    header: str = "authorization",
+    optional: bool | str | None = False,
+    header: str | None = None,
     realm: str | None = None,
 ) -> Callable[..., Awaitable[WorkloadIdentity | None]]:
     """A dependency that yields the verified, policy-checked `WorkloadIdentity` of the request.
@@ -268,8 +269,13 @@ def require_workload(
             With neither, the verifier's own policy applies (`allow` / `K8S_JWT_AUTH_ALLOW`).
         verifier: the verifier to use; default the app's (`install(app, verifier)`).
         optional: yield `None` for requests without bearer credentials (a bad token is still refused).
-        header: the header holding `Bearer <token>`.
+        header: the header holding `Bearer <token>`; `None`: `Authorization`.
         realm: the `realm` of `WWW-Authenticate` challenges.
+
+    The route layer of the policy model (docs/policy-model.md): the route's rules when given, otherwise the service
+    policy; behind `K8sJWTAuthMiddleware` the request is not verified twice and only the route's rules are new.
+    Several gates on one route (`Workload` beside `Depends(require_workload("payments/*"))`) apply the route's
+    rules, never the service policy over them.
 
     Returns:
         The dependency callable; it registers an HTTP Bearer security scheme in the OpenAPI schema.
@@ -279,10 +285,11 @@ def require_workload(
     """
     if rules and policy is not None:
         raise ConfigurationError("give policy rules either as *rules or as policy=, not both")
+    options = keyword_options(header=header, optional=optional, realm=realm)
     guard = _Guard(policy=Policy(rules) if rules else policy,
                    verifier=None if verifier is None else build_verifier(verifier),
-                   optional=optional, header=header_name(header), realm=realm)
-    scheme = _scheme(header)
+                   optional=options.optional, header=options.header_key, realm=options.realm)
+    scheme = _scheme(options.header)
 
     # A default, not Annotated[...]: annotations are strings here, resolved in module globals, not this closure.
     async def workload_dependency(conn: HTTPConnection,

@@ -51,12 +51,22 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.flask needs Flask: pip install "k8s-jwt-auth[flask]"') from exc
 
-from k8s_jwt_auth import AuthError, ConfigurationError, Policy, Rule, TokenVerifier, VerifierConfig
-from k8s_jwt_auth._http import bearer_token, error_response, missing_token
-from k8s_jwt_auth.config import ENV_PREFIX, parse_bool, parse_list
+from k8s_jwt_auth import (
+    AlreadyInstalled,
+    AuthError,
+    ConfigurationError,
+    Policy,
+    Rule,
+    TokenVerifier,
+    VerifierConfig,
+)
+from k8s_jwt_auth.config import ENV_PREFIX, parse_list
+from k8s_jwt_auth.gate import AUTHENTICATE_ONLY, Gate
+from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
+from k8s_jwt_auth.options import AdapterOptions, PathMatcher, flag_option
 
-from ._common import PathMatcher, build_verifier, check_policy, header_name, log_admission, log_rejection
+from ._common import build_verifier
 
 if TYPE_CHECKING:
     from k8s_jwt_auth.testing import FakeIssuer
@@ -104,6 +114,7 @@ _ViewT = TypeVar("_ViewT", bound=Callable[..., Any])
 
 _G_KEY = "_k8s_jwt_auth"  # g attribute holding the request's `_RequestAuth`
 _EXEMPT_ATTR = "_k8s_jwt_auth_exempt"
+_RULES_ATTR = "_k8s_jwt_auth_rules"  # on a @workload_required wrapper: its own Policy (the route's rules)
 # Views passed to @workload_required (the undecorated functions). One of them registered as a route means the
 # decorator sat ABOVE the route decorator, so Flask routes to the unprotected function: such a route is refused
 # (fail closed) and init_app refuses to start with one. Weak: it never keeps a function alive.
@@ -116,25 +127,48 @@ class K8sJWTAuthState:
 
     Attributes:
         extension: the `K8sJWTAuth` that initialised the app (holds the error handler).
-        verifier: the app's verifier.
-        policy: the app's policy (`verifier.policy`: `K8S_JWT_AUTH_ALLOW`, `K8S_JWT_AUTH_DRY_RUN`).
-        header: the header holding `Bearer <token>`.
-        realm: the `realm` of `WWW-Authenticate` challenges.
+        gate: the app's request pipeline (its verifier, and the service policy `K8S_JWT_AUTH_ALLOW`).
+        options: `K8S_JWT_AUTH_HEADER`, `..._REALM`, `..._OPTIONAL`, `..._EXEMPT_PATHS`, parsed as every adapter
+            parses them (`k8s_jwt_auth.options`).
         enforce: whether every request is authenticated before its view (`K8S_JWT_AUTH_ENFORCE`).
-        optional: in enforcing mode, whether requests without bearer credentials go through anonymously.
-        exempt_paths: request paths the enforcing mode lets through.
         exempt_endpoints: endpoint names the enforcing mode lets through.
     """
 
     extension: K8sJWTAuth
-    verifier: TokenVerifier
-    policy: Policy
-    header: str
-    realm: str | None
+    gate: Gate
+    options: AdapterOptions
     enforce: bool
-    optional: bool
-    exempt_paths: PathMatcher
     exempt_endpoints: frozenset[str]
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        """The app's verifier."""
+        return self.gate.verifier
+
+    @property
+    def policy(self) -> Policy:
+        """The service policy (`K8S_JWT_AUTH_ALLOW`, `K8S_JWT_AUTH_DRY_RUN`)."""
+        return self.gate.policy
+
+    @property
+    def header(self) -> str:
+        """The header holding `Bearer <token>`."""
+        return self.options.header
+
+    @property
+    def realm(self) -> str | None:
+        """The `realm` of `WWW-Authenticate` challenges."""
+        return self.options.realm
+
+    @property
+    def optional(self) -> bool:
+        """In enforcing mode, whether requests without bearer credentials go through anonymously."""
+        return self.options.optional
+
+    @property
+    def exempt_paths(self) -> PathMatcher:
+        """Request paths the enforcing mode lets through."""
+        return self.options.exempt_paths
 
 
 class K8sJWTAuth:
@@ -164,10 +198,10 @@ class K8sJWTAuth:
 
         Raises:
             ConfigurationError: for missing or invalid settings, naming the `app.config` key.
-            RuntimeError: when the app is already initialised.
+            AlreadyInstalled: when the app is already initialised (a `RuntimeError`).
         """
         if EXTENSION_KEY in app.extensions:
-            raise RuntimeError("K8sJWTAuth is already initialised on this app")
+            raise AlreadyInstalled("this Flask app", "call K8sJWTAuth(app) or auth.init_app(app) once per app")
         wrong = _unguarded_views(app)
         if wrong:
             raise _wrong_order(wrong)
@@ -211,39 +245,28 @@ def _build_verifier(config: Mapping[str, Any], given: TokenVerifier | VerifierCo
 
 
 def _build_state(extension: K8sJWTAuth, verifier: TokenVerifier, config: Mapping[str, Any]) -> K8sJWTAuthState:
+    options = AdapterOptions.parse({suffix: config.get(ENV_PREFIX + suffix) for suffix in _SHARED_OPTIONS},
+                                   lambda suffix: ENV_PREFIX + suffix)
     return K8sJWTAuthState(
         extension=extension,
-        verifier=verifier,
-        policy=verifier.policy,
-        header=_setting(config, "HEADER", _header),
-        realm=_setting(config, "REALM", _realm),
-        enforce=_setting(config, "ENFORCE", parse_bool),
-        optional=_setting(config, "OPTIONAL", parse_bool),
-        exempt_paths=_setting(config, "EXEMPT_PATHS", lambda v: PathMatcher(parse_list(v, "paths"))),
+        gate=Gate(verifier, logger=logger),
+        options=options,
+        enforce=_setting(config, "ENFORCE", flag_option),
         exempt_endpoints=_setting(config, "EXEMPT_ENDPOINTS", lambda v: frozenset(parse_list(v, "endpoints"))),
     )
 
 
+_SHARED_OPTIONS = ("HEADER", "REALM", "OPTIONAL", "EXEMPT_PATHS")
+
+
 def _setting(config: Mapping[str, Any], suffix: str, parse: Callable[[Any], _T]) -> _T:
     key = ENV_PREFIX + suffix
+    value = config.get(key)
     try:
-        return parse(config[key])
+        return parse(CONFIG_DEFAULTS[key] if value is None else value)
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
         message = exc.message if isinstance(exc, ConfigurationError) else str(exc)
-        raise ConfigurationError(f"{key}: {message}") from exc
-
-
-def _header(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a header name, not {type(value).__name__}")
-    header_name(value)  # validates: ConfigurationError for a name that is not an HTTP field name
-    return value
-
-
-def _realm(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value or None
-    raise ValueError(f"expected a string, not {type(value).__name__}")
+        raise ConfigurationError(f"{key}: {message}", setting=suffix) from exc
 
 
 def _state() -> K8sJWTAuthState:
@@ -262,16 +285,15 @@ class _RequestAuth:
     It is tied to the request object: requests made inside one outer `app.app_context()` share `g`.
     """
 
-    __slots__ = ("admitted_by", "error", "gated", "request", "responding", "verified", "workload")
+    __slots__ = ("admitted_by", "error", "gated", "request", "responding", "workload")
 
     def __init__(self, request: object) -> None:
         self.request = request
-        self.verified: tuple[WorkloadIdentity | None] | None = None  # (result,) once authenticated
         self.gated = False  # whether `workload` passed a gate
         self.workload: WorkloadIdentity | None = None
         self.error: AuthError | None = None  # the refusal, once the request is refused
         self.responding = False  # set once the response is built (after_request hooks and later)
-        self.admitted_by: Policy | None = None  # the policy of the last gate passed (audited once per policy)
+        self.admitted_by: Policy | None = None  # the rules of the last gate passed (audited once per policy)
 
 
 def _record() -> _RequestAuth:
@@ -283,31 +305,40 @@ def _record() -> _RequestAuth:
     return record
 
 
-def _verified(record: _RequestAuth, state: K8sJWTAuthState, token: str | None) -> WorkloadIdentity | None:
-    """The request's verified workload (authentication only), verified once per request."""
-    if record.verified is None:
-        record.verified = (None if token is None else state.verifier.verify(token),)
-    return record.verified[0]
+def _gate(state: K8sJWTAuthState, policy: Policy | None, optional: bool) -> WorkloadIdentity | None:
+    """Pass the request through one gate: `policy` (the enforcing layer gives the service policy), or `None` for a
+    route-layer gate without rules (the service policy, unless the view's `@workload_required` has rules).
+
+    The first gate of a request verifies the token; later ones reuse the workload and only apply rules of their
+    own (docs/policy-model.md). The refusal is recorded on the request and raised (rendered by the error handler).
+    """
+    record = _record()
+    path, method = flask_request.path, flask_request.method
+    if record.workload is not None:  # verified by an earlier gate of this request
+        if policy is None or policy is record.admitted_by:
+            return record.workload
+        outcome = state.gate.authorize(record.workload, policy=policy, path=path, method=method)
+    else:
+        chosen = policy
+        if chosen is None and _view_rules() is not None:
+            chosen = AUTHENTICATE_ONLY  # the view's @workload_required rules decide, not the service policy
+        outcome = state.gate.admit(flask_request.headers.getlist(state.options.header), policy=chosen,
+                                   optional=optional, path=path, method=method)
+    if outcome.error is not None:
+        record.error = outcome.error
+        raise outcome.error
+    record.gated, record.workload = True, outcome.workload
+    if outcome.workload is not None and policy is not None:
+        record.admitted_by = policy
+    return outcome.workload
 
 
-def _gate(state: K8sJWTAuthState, policy: Policy, optional: bool) -> WorkloadIdentity | None:
-    """Authenticate the request and apply `policy`; store the workload, or record and raise the refusal."""
-    record, token, decision = _record(), None, None
-    try:
-        token = bearer_token(flask_request.headers.get(state.header))
-        workload = _verified(record, state, token)
-        if workload is None and not optional:
-            raise missing_token()
-        if workload is not None:
-            decision = check_policy(workload, policy, logger)
-    except AuthError as exc:
-        record.error = exc
-        log_rejection(logger, exc, path=flask_request.path, token=token, method=flask_request.method)
-        raise
-    if workload is not None and not (record.gated and record.admitted_by is policy):  # one record per policy
-        log_admission(logger, workload, decision, path=flask_request.path, method=flask_request.method)
-    record.gated, record.workload, record.admitted_by = True, workload, policy
-    return workload
+def _view_rules() -> Policy | None:
+    """The rules of the current endpoint's `@workload_required(...)`, if it has some."""
+    endpoint = flask_request.endpoint
+    view = current_app.view_functions.get(endpoint) if endpoint is not None else None
+    rules = getattr(view, _RULES_ATTR, None)
+    return rules if isinstance(rules, Policy) else None
 
 
 def _view_policy(rules: tuple[str | Rule, ...], policy: Policy | None) -> Policy | None:
@@ -344,9 +375,7 @@ def verify_workload_in_request(
         KeySetUnavailable: 503.
         ConfigurationError: for rules that do not parse, or both `rules` and `policy`.
     """
-    state = _state()
-    chosen = _view_policy(rules, policy)
-    return _gate(state, chosen if chosen is not None else state.policy, optional)
+    return _gate(_state(), _view_policy(rules, policy), optional)
 
 
 def workload_required(
@@ -381,10 +410,10 @@ def workload_required(
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            state = _state()
-            _gate(state, view_policy if view_policy is not None else state.policy, optional)
+            _gate(_state(), view_policy, optional)
             return current_app.ensure_sync(view)(*args, **kwargs)
 
+        setattr(wrapper, _RULES_ATTR, view_policy)
         return cast(_ViewT, wrapper)
 
     return decorator
@@ -429,7 +458,7 @@ def _enforce() -> None:
         raise _wrong_order([endpoint])  # fail closed: never serve it unauthenticated
     state = _state()
     if state.enforce and not _is_exempt(state):
-        _gate(state, state.policy, state.optional)
+        _gate(state, state.policy, state.optional)  # the enforcing layer: always the service policy
 
 
 def _on_request_started(sender: Flask, **extra: object) -> None:
@@ -454,9 +483,9 @@ def _load_workload() -> WorkloadIdentity | None:
         return record.workload  # None when refused before any gate passed: later hooks see no workload
     state = _state()
     if not record.responding:
-        return _gate(state, state.policy, optional=True)
+        return _gate(state, None, optional=True)
     try:
-        return _gate(state, state.policy, optional=True)
+        return _gate(state, None, optional=True)
     except AuthError:
         return None  # the response is built: a late failure reads as "no workload", never as a 500
 

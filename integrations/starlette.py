@@ -56,12 +56,22 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError('k8s_jwt_auth.integrations.starlette needs Starlette: pip install "k8s-jwt-auth[starlette]"'
                       ) from exc
 
-from k8s_jwt_auth import AuthError, ConfigurationError, InvalidToken, Policy, TokenVerifier, VerifierConfig
-from k8s_jwt_auth._http import error_response, missing_token
+from k8s_jwt_auth import (
+    AlreadyInstalled,
+    AuthError,
+    ConfigurationError,
+    InvalidToken,
+    Policy,
+    TokenVerifier,
+    VerifierConfig,
+)
+from k8s_jwt_auth.gate import Gate
+from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
+from k8s_jwt_auth.options import AdapterOptions
 
-from ._asgi_common import STATE_KEY, Authenticator, auth_scopes, route_path, websocket_close_code
-from ._common import PathMatcher, build_verifier, header_name, log_rejection
+from ._asgi_common import STATE_KEY, auth_scopes, header_values, route_path, websocket_close_code
+from ._common import build_verifier
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -76,6 +86,7 @@ __all__ = [
     "auth_error_response",
     "auth_scopes",
     "credentials_for",
+    "keyword_options",
     "on_error",
     "websocket_close_code",
     "workload_client",
@@ -89,10 +100,14 @@ class WorkloadUser(BaseUser):
 
     Attributes:
         workload: the verified `WorkloadIdentity`.
+        gate: the `k8s_jwt_auth.gate.Gate` that admitted it (`None` when built by hand).
     """
 
-    def __init__(self, workload: WorkloadIdentity) -> None:
+    __slots__ = ("gate", "workload")
+
+    def __init__(self, workload: WorkloadIdentity, gate: Gate | None = None) -> None:
         self.workload = workload
+        self.gate = gate  # the gate that admitted it: a route layer authorizes with it (no second verification)
 
     @property
     def is_authenticated(self) -> bool:
@@ -119,9 +134,9 @@ class WorkloadUser(BaseUser):
         return f"WorkloadUser({self.workload.username!r})"
 
 
-def credentials_for(workload: WorkloadIdentity) -> tuple[AuthCredentials, WorkloadUser]:
-    """The `(scope["auth"], scope["user"])` pair of a verified workload."""
-    return AuthCredentials(auth_scopes(workload)), WorkloadUser(workload)
+def credentials_for(workload: WorkloadIdentity, gate: Gate | None = None) -> tuple[AuthCredentials, WorkloadUser]:
+    """The `(scope["auth"], scope["user"])` pair of a verified workload (admitted by `gate`)."""
+    return AuthCredentials(auth_scopes(workload)), WorkloadUser(workload, gate)
 
 
 def auth_error_response(exc: AuthError, realm: str | None = None) -> Response:
@@ -133,22 +148,30 @@ def auth_error_response(exc: AuthError, realm: str | None = None) -> Response:
 class K8sJWTAuthMiddleware:
     """Pure ASGI middleware that verifies `Authorization: Bearer <token>` on every HTTP and websocket request.
 
+    The enforcing layer of the policy model (docs/policy-model.md): every non-exempt request passes the service
+    policy; a route's `require_workload(...)` rules (FastAPI) apply on top.
+
     Args:
         app: the ASGI app to protect.
         verifier: a `TokenVerifier`, a `VerifierConfig`, or `None` to build one from `K8S_JWT_AUTH_*`
             environment variables (`VerifierConfig.from_env()`).
-        header: the header holding `Bearer <token>` (e.g. `x-forwarded-authorization` behind a proxy).
+        header: the header holding `Bearer <token>` (e.g. `X-Forwarded-Authorization` behind a proxy);
+            `None`: `Authorization`.
         exempt_paths: paths let through unauthenticated (`UnauthenticatedUser`): exact (`/healthz`) or
             prefixes (`/public/*`), matched against the route path (without `root_path`).
         optional: let requests *without* bearer credentials through as `UnauthenticatedUser`; a bad
             token is still refused.
-        policy: the policy every authenticated request must pass; default `verifier.policy`
+        policy: the service policy every authenticated request must pass; default `verifier.policy`
             (`allow`/`K8S_JWT_AUTH_ALLOW`). A dry-run policy logs would-be denials and lets them through.
         realm: the `realm` of `WWW-Authenticate` challenges.
         websocket: authenticate websocket connections too; with `False` they pass through untouched.
 
+    The options mean what `HEADER`, `EXEMPT_PATHS`, `OPTIONAL` and `REALM` mean for Flask and Django
+    (`k8s_jwt_auth.options`); `None` means "not set".
+
     Raises:
         ConfigurationError: for invalid settings or missing environment variables (at construction).
+        AlreadyInstalled: `app` is already wrapped by a `K8sJWTAuthMiddleware` (or our `WorkloadAuthBackend`).
     """
 
     def __init__(
@@ -156,50 +179,71 @@ class K8sJWTAuthMiddleware:
         app: ASGIApp,
         verifier: TokenVerifier | VerifierConfig | None = None,
         *,
-        header: str = "authorization",
-        exempt_paths: Sequence[str] = (),
-        optional: bool = False,
+        header: str | None = None,
+        exempt_paths: Sequence[str] | str | None = (),
+        optional: bool | str | None = False,
         policy: Policy | None = None,
         realm: str | None = None,
         websocket: bool = True,
     ) -> None:
+        _refuse_second(app)
         self.app = app
-        self.verifier = build_verifier(verifier)
-        self.policy = policy if policy is not None else self.verifier.policy
-        self.optional = optional
-        self.realm = realm
-        self._exempt = PathMatcher(exempt_paths)
+        self.options = keyword_options(header=header, exempt_paths=exempt_paths, optional=optional, realm=realm)
+        self.gate = Gate(build_verifier(verifier), policy=policy, logger=logger)
+        self.verifier, self.policy = self.gate.verifier, self.gate.policy
+        self.optional, self.realm = self.options.optional, self.options.realm
+        self._exempt = self.options.exempt_paths
+        self._key = self.options.header_key
         self._types = frozenset({"http", "websocket"} if websocket else {"http"})
-        self._auth = Authenticator(self.verifier, policy=self.policy, header=header_name(header), logger=logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in self._types:
             await self.app(scope, receive, send)
             return
-        try:
-            scope["auth"], scope["user"] = await self._authenticate(scope)
-        except AuthError as exc:
-            await self._reject(scope, receive, send, exc)
-            return
-        await self.app(scope, receive, send)
-
-    async def _authenticate(self, scope: Scope) -> tuple[AuthCredentials, BaseUser]:
         if self._exempt and self._exempt(route_path(scope)):
-            return AuthCredentials(), UnauthenticatedUser()
-        workload = await self._auth.authenticate(scope)
-        if workload is not None:
-            return credentials_for(workload)
-        if not self.optional:
-            error = missing_token()
-            log_rejection(logger, error, path=scope.get("path", ""), kind=scope["type"], method=scope.get("method"))
-            raise error
-        return AuthCredentials(), UnauthenticatedUser()
+            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
+            await self.app(scope, receive, send)
+            return
+        outcome = await self.gate.aadmit(header_values(scope, self._key), optional=self.optional,
+                                         path=scope.get("path", ""), method=scope.get("method"),
+                                         transport=scope["type"])
+        if outcome.error is not None:
+            await self._reject(scope, receive, send, outcome.error)
+            return
+        if outcome.workload is None:
+            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
+        else:
+            scope["auth"], scope["user"] = credentials_for(outcome.workload, self.gate)
+        await self.app(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, exc: AuthError) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": websocket_close_code(exc), "reason": exc.reason})
             return
         await auth_error_response(exc, self.realm)(scope, receive, send)
+
+
+def keyword_options(*, header: object = None, exempt_paths: object = None, optional: object = None,
+                    realm: object = None) -> AdapterOptions:
+    """The shared adapter options given as keywords (`header=`...), parsed as every adapter parses them.
+
+    Raises:
+        ConfigurationError: an invalid value, naming the keyword.
+    """
+    return AdapterOptions.parse({"HEADER": header, "EXEMPT_PATHS": exempt_paths, "OPTIONAL": optional,
+                                 "REALM": realm}, lambda suffix: f"{suffix.lower()}=")
+
+
+def _refuse_second(app: ASGIApp) -> None:
+    """Raise `AlreadyInstalled` when `app` (or an app it wraps, through `.app`) already authenticates workloads."""
+    node: object = app
+    for _ in range(64):  # middleware stacks are short; bounded all the same
+        if isinstance(node, K8sJWTAuthMiddleware) or isinstance(getattr(node, "backend", None), WorkloadAuthBackend):
+            raise AlreadyInstalled("this ASGI app", "add K8sJWTAuthMiddleware (or AuthenticationMiddleware with "
+                                   "WorkloadAuthBackend) once; give a route its own rules with require_workload()")
+        node = getattr(node, "app", None)
+        if node is None:
+            return
 
 
 class WorkloadAuthenticationError(AuthenticationError):
@@ -235,12 +279,11 @@ class WorkloadAuthBackend(AuthenticationBackend):
         realm: the `realm` of `WWW-Authenticate` challenges rendered by `on_error`.
     """
 
-    def __init__(self, verifier: TokenVerifier | VerifierConfig | None = None, *, header: str = "authorization",
+    def __init__(self, verifier: TokenVerifier | VerifierConfig | None = None, *, header: str | None = None,
                  policy: Policy | None = None, realm: str | None = None) -> None:
-        self.verifier = build_verifier(verifier)
-        self.policy = policy if policy is not None else self.verifier.policy
-        self.realm = realm
-        self._auth = Authenticator(self.verifier, policy=self.policy, header=header_name(header), logger=logger)
+        self.options = keyword_options(header=header, realm=realm)
+        self.gate = Gate(build_verifier(verifier), policy=policy, logger=logger)
+        self.verifier, self.policy, self.realm = self.gate.verifier, self.gate.policy, self.options.realm
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         """Verify the request's bearer token, if it has one.
@@ -248,11 +291,13 @@ class WorkloadAuthBackend(AuthenticationBackend):
         Raises:
             WorkloadAuthenticationError: the credentials are bad, keys are unavailable or the policy denies.
         """
-        try:
-            workload = await self._auth.authenticate(conn.scope)
-        except AuthError as exc:
-            raise WorkloadAuthenticationError(exc, self.realm) from exc
-        return None if workload is None else credentials_for(workload)
+        scope = conn.scope
+        outcome = await self.gate.aadmit(header_values(scope, self.options.header_key), optional=True,
+                                         path=scope.get("path", ""), method=scope.get("method"),
+                                         transport=scope["type"])
+        if outcome.error is not None:
+            raise WorkloadAuthenticationError(outcome.error, self.realm)
+        return None if outcome.workload is None else credentials_for(outcome.workload, self.gate)
 
 
 def on_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
@@ -309,11 +354,11 @@ def _app_auth(app: ASGIApp) -> tuple[TokenVerifier | VerifierConfig | None, str]
     for spec in getattr(app, "user_middleware", ()):
         backend = spec.kwargs.get("backend")
         if isinstance(backend, WorkloadAuthBackend):
-            return installed or backend.verifier, backend._auth.header.decode("latin-1")
+            return installed or backend.verifier, backend.options.header
         if isinstance(spec.cls, type) and issubclass(spec.cls, K8sJWTAuthMiddleware):
             given = spec.args[0] if spec.args else spec.kwargs.get("verifier")
-            return installed or given or _env_config(), str(spec.kwargs.get("header", "authorization"))
-    return installed, "authorization"
+            return installed or given or _env_config(), str(spec.kwargs.get("header") or "Authorization")
+    return installed, "Authorization"
 
 
 def _env_config() -> VerifierConfig | None:

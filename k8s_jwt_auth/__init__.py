@@ -19,12 +19,14 @@ from ._remote import KeySourceStatus, RemoteKeySource
 from .client import ServiceAccountTokenAuth, TokenFileError, read_token
 from .config import VerifierConfig
 from .errors import (
+    AlreadyInstalled,
     AuthError,
     ConfigurationError,
     InvalidToken,
     KeySetUnavailable,
     PolicyDenied,
     Reason,
+    ServiceUnavailable,
     TokenReviewUnavailable,
 )
 from .identity import WorkloadIdentity
@@ -34,6 +36,7 @@ from .policy import Decision, Policy, Rule
 from .verifier import Clock, TokenVerifier
 
 __all__ = [
+    "AlreadyInstalled",
     "AuthError",
     "Clock",
     "ClusterPolicy",
@@ -50,6 +53,7 @@ __all__ = [
     "Reason",
     "RemoteKeySource",
     "ServiceAccountTokenAuth",
+    "ServiceUnavailable",
     "Rule",
     "StaticKeySource",
     "TokenFileError",

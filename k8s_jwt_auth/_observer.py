@@ -11,7 +11,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Literal, Protocol
 
-from .errors import AuthError, KeySetUnavailable
+from .errors import AuthError, ServiceUnavailable
 
 __all__ = ["Observer", "VerifyOutcome"]
 
@@ -25,7 +25,7 @@ class Observer(Protocol):
         """One `verify`/`verify_async` call ended.
 
         Args:
-            outcome: `valid`, `invalid` (`InvalidToken`) or `unavailable` (`KeySetUnavailable`).
+            outcome: `valid`, `invalid` (`InvalidToken`) or `unavailable` (`ServiceUnavailable`).
             reason: `ok`, or the error's reason code (`expired`, `unknown_key`, `keys_unavailable`...).
             seconds: how long the call took (key fetches it waited for included).
             cached: `True` when answered from the verified-token cache, `False` on a miss, `None` when the
@@ -55,7 +55,7 @@ class Observation:
         if exc is None:
             self.observer.on_verify("valid", "ok", seconds, self.cached)
         elif isinstance(exc, AuthError):  # anything else (a bug, a cancellation) is not a verification outcome
-            outcome: VerifyOutcome = "unavailable" if isinstance(exc, KeySetUnavailable) else "invalid"
+            outcome: VerifyOutcome = "unavailable" if isinstance(exc, ServiceUnavailable) else "invalid"
             self.observer.on_verify(outcome, exc.reason, seconds, self.cached)
 
 

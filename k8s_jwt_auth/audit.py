@@ -22,11 +22,11 @@ Decisions and their default levels (see `configure_audit`):
 | `dry_run_denied` | a dry-run policy would deny; the request goes on | `None` | WARNING |
 | `denied_policy`  | the token verified, the policy denies            | 403    | WARNING |
 | `rejected_token` | missing, malformed or invalid token              | 401    | WARNING |
-| `unavailable`    | no keys to verify with                           | 503    | ERROR   |
+| `unavailable`    | keys (or the TokenReview API) unavailable        | 503    | ERROR   |
 
 A record never holds the token, a token segment, the header or the claims: only the 16-hex-digit SHA-256
-fingerprint of the token, and identity fields once the token is verified. The record is built only when
-the audit logger is enabled for the decision's level.
+fingerprint of the token (`fingerprint(token)`, the one to use in your own logs too), and identity fields
+once the token is verified. The record is built only when the audit logger is enabled for the decision's level.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ._jws import fingerprint
-from .errors import AuthError, KeySetUnavailable, PolicyDenied
+from .errors import AuthError, PolicyDenied, ServiceUnavailable
 from .identity import WorkloadIdentity
 from .policy import Decision
 
@@ -50,6 +50,7 @@ __all__ = [
     "audit_refused",
     "configure_audit",
     "emit",
+    "fingerprint",
     "printable",
 ]
 
@@ -187,7 +188,7 @@ def audit_refused(exc: AuthError, *, token: str | None = None, path: str | None 
 def _refusal(exc: AuthError) -> AuditDecision:
     if isinstance(exc, PolicyDenied):
         return "denied_policy"
-    if isinstance(exc, KeySetUnavailable):
+    if isinstance(exc, ServiceUnavailable):
         return "unavailable"
     return "rejected_token"
 

@@ -34,7 +34,7 @@ from . import __version__
 from ._discover import check_file, flag_words
 from ._jws import decode_payload, parse
 from .config import SETTINGS, VerifierConfig
-from .errors import AuthError, ConfigurationError, InvalidToken, KeySetUnavailable, PolicyDenied
+from .errors import AuthError, ConfigurationError, InvalidToken, PolicyDenied, ServiceUnavailable
 from .keys import KeySet, StaticKeySource
 from .verifier import TokenVerifier
 
@@ -44,7 +44,7 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_DENIED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 
 EXIT_CODES: dict[type[AuthError], int] = {
     InvalidToken: EXIT_REJECTED,
     PolicyDenied: EXIT_DENIED,
-    KeySetUnavailable: EXIT_UNAVAILABLE,
+    ServiceUnavailable: EXIT_UNAVAILABLE,
     ConfigurationError: EXIT_USAGE,
 }
 _MAX_INPUT = 1024 * 1024
@@ -136,7 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _emit_error(error: AuthError, out: TextIO) -> int:
     """Write the one error shape of the CLI, `{"error", "reason", "message"}`, and return the exit code."""
     out.write(json.dumps(error.to_dict()) + "\n")
-    return EXIT_CODES.get(type(error), EXIT_REJECTED)
+    return next((EXIT_CODES[cls] for cls in type(error).__mro__ if cls in EXIT_CODES), EXIT_REJECTED)
 
 
 def _read_token(path: str | None, stdin: TextIO) -> str:
@@ -215,7 +215,7 @@ def _verify(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
     verifier = _verifier(args)
     try:
         identity = verifier.verify(_read_token(args.token_file, stdin))
-    except KeySetUnavailable as exc:
+    except ServiceUnavailable as exc:
         raise type(exc)(flag_words(exc.message, bearer_flag="--fetch-token-file"), retry_after=exc.retry_after,
                         reason=exc.reason) from exc
     verifier.policy.enforce(identity)

@@ -252,8 +252,9 @@ class VerifierConfig:
     def from_mapping(cls, mapping: Mapping[str, Any], *, prefix: str = "", **overrides: Any) -> VerifierConfig:
         """Build a config from setting suffixes (`ISSUER`, `AUDIENCES`, ...), each under `prefix`.
 
-        Values may be strings (as in the environment) or native values (lists, numbers, bools).
-        Unknown keys under the prefix are rejected so that typos do not go unnoticed.
+        Values may be strings (as in the environment) or native values (lists, numbers, bools); `None` means
+        "not set" (the default applies), as for every adapter option. Unknown keys under the prefix are rejected
+        so that typos do not go unnoticed.
         `overrides` are field values that win over the mapping.
         """
         kwargs: dict[str, Any] = {}
@@ -265,6 +266,8 @@ class VerifierConfig:
             if suffix not in known:
                 hint = f"; known settings: {', '.join(sorted(known))}"
                 raise ConfigurationError(f"unknown setting {key!r}{hint}")
+            if value is None:
+                continue  # not set: the field's default
             name, parse = _SUFFIXES[suffix]
             try:
                 kwargs[name] = parse(value)

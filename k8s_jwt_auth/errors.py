@@ -4,9 +4,11 @@
 AuthError                      base class; never raised itself
 ├── InvalidToken               401  the token is missing, malformed, forged, expired or not for us
 ├── PolicyDenied               403  the token is valid but the policy does not allow this workload
-├── KeySetUnavailable          503  no usable verification keys (issuer down, bad JWKS); has retry_after
+├── ServiceUnavailable         503  the token cannot be checked now; has retry_after (base class)
+│   ├── KeySetUnavailable      503  no usable verification keys (issuer down, bad JWKS)
 │   └── TokenReviewUnavailable 503  TokenReview mode: the API server could not confirm the token
 └── ConfigurationError         raised at construction only; also a ValueError
+    └── AlreadyInstalled       an adapter installed twice on one app; also a RuntimeError
 ```
 
 Every error carries:
@@ -32,8 +34,10 @@ __all__ = [
     "ConfigurationError",
     "InvalidToken",
     "KeySetUnavailable",
+    "AlreadyInstalled",
     "PolicyDenied",
     "Reason",
+    "ServiceUnavailable",
     "TokenReviewUnavailable",
 ]
 
@@ -119,29 +123,42 @@ class PolicyDenied(AuthError):
         self.workload = workload
 
 
-class KeySetUnavailable(AuthError):
-    """No usable verification key could be obtained (HTTP 503).
+class ServiceUnavailable(AuthError):
+    """The token cannot be checked right now (HTTP 503); retrying later may succeed.
 
-    `retry_after` is a hint, in whole seconds, for the `Retry-After` header.
+    The base of every 503 outcome: catch it to handle them all. `retry_after` is a hint, in whole seconds, for the
+    `Retry-After` header. `public_message` is what an HTTP answer says to the (unauthenticated) caller: one
+    sentence per cause, never the detailed `message`, which names internal URLs and upstream answers and belongs
+    in logs.
     """
 
     status_code = 503
     error = "temporarily_unavailable"
     default_reason: ClassVar[Reason] = "keys_unavailable"
+    public_message: ClassVar[str] = "the token cannot be verified now; retry later"
 
     def __init__(self, message: str, *, retry_after: int = 30, reason: Reason | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = max(1, int(retry_after))
 
 
-class TokenReviewUnavailable(KeySetUnavailable):
+class KeySetUnavailable(ServiceUnavailable):
+    """No usable verification key could be obtained from the issuer (HTTP 503, `keys_unavailable`)."""
+
+    default_reason = "keys_unavailable"
+    public_message = "the token cannot be verified now: the issuer's keys are unavailable; retry later"
+
+
+class TokenReviewUnavailable(ServiceUnavailable):
     """The API server could not confirm the token with a TokenReview (HTTP 503, `review_unavailable`).
 
     Raised only in TokenReview mode when the API server cannot be reached or answers with an error, and the
-    verifier is not configured to fall back to local verification (`tokenreview_fallback`).
+    verifier is not configured to fall back to local verification (`tokenreview_fallback`). Not a
+    `KeySetUnavailable`: the issuer's keys may be fine; catch `ServiceUnavailable` for both.
     """
 
     default_reason = "review_unavailable"
+    public_message = "the token cannot be verified now: the Kubernetes API server could not review it; retry later"
 
 
 class ConfigurationError(AuthError, ValueError):
@@ -160,5 +177,17 @@ class ConfigurationError(AuthError, ValueError):
         self.setting = setting
 
 
-for _cls in (AuthError, InvalidToken, PolicyDenied, KeySetUnavailable, TokenReviewUnavailable, ConfigurationError):
+class AlreadyInstalled(ConfigurationError, RuntimeError):
+    """An adapter was installed twice on the same app (two middlewares, `init_app` or `install` twice).
+
+    The same error in every framework; also a `RuntimeError`. Two gates on one request would verify twice and
+    write two audit records per decision, and the second's options would silently shadow the first's.
+    """
+
+    def __init__(self, where: str, fix: str) -> None:
+        super().__init__(f"k8s_jwt_auth is installed twice on {where}: {fix}")
+
+
+for _cls in (AuthError, InvalidToken, PolicyDenied, ServiceUnavailable, KeySetUnavailable, TokenReviewUnavailable,
+             ConfigurationError, AlreadyInstalled):
     _cls.__module__ = "k8s_jwt_auth"

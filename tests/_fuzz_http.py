@@ -28,7 +28,7 @@ from k8s_jwt_auth import (
     VerifierConfig,
     WorkloadIdentity,
 )
-from k8s_jwt_auth._http import bearer_token, missing_token
+from k8s_jwt_auth.http import bearer_token, missing_token
 from k8s_jwt_auth.keys import KeySet, StaticKeySource
 from k8s_jwt_auth.testing import SigningKey, build_claims, sign
 

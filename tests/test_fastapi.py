@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig, WorkloadIdentity
-from k8s_jwt_auth._http import missing_token
+from k8s_jwt_auth.http import missing_token
 from k8s_jwt_auth.integrations.fastapi import (
     K8sJWTAuthMiddleware,
     OptionalWorkload,
@@ -380,7 +380,7 @@ def test_without_route_rules_the_service_policy_still_applies(issuer: FakeIssuer
 def test_installing_twice_raises_instead_of_silently_replacing_the_verifier(verifier: TokenVerifier) -> None:
     app = FastAPI()
     assert install(app, verifier) is verifier
-    with pytest.raises(RuntimeError, match="already installed on this app"):
+    with pytest.raises(RuntimeError, match="installed twice on this app"):
         install(app, static_verifier_for_another_issuer())
     assert app.state.k8s_jwt_auth is verifier
 

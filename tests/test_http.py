@@ -7,7 +7,7 @@ import json
 import pytest
 
 from k8s_jwt_auth import InvalidToken, KeySetUnavailable, PolicyDenied
-from k8s_jwt_auth._http import UNAVAILABLE_MESSAGE, bearer_token, challenge, error_response, missing_token
+from k8s_jwt_auth.http import UNAVAILABLE_MESSAGE, bearer_token, challenge, error_response, missing_token
 
 
 @pytest.mark.parametrize(

@@ -35,12 +35,14 @@ from k8s_jwt_auth import (
     ConfigurationError,
     InvalidToken,
     KeySetUnavailable,
+    ServiceUnavailable,
     TokenReviewUnavailable,
     TokenVerifier,
     VerifierConfig,
     WorkloadIdentity,
 )
 from k8s_jwt_auth._shared import SharedStore
+from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
 from k8s_jwt_auth.testing import FakeClock, FakeIssuer
 from k8s_jwt_auth.tokenreview import REVIEW_PATH, TokenReviewer, TokenReviewResult
@@ -153,7 +155,9 @@ def test_malformed_documents_are_unavailable(document: object) -> None:
     with pytest.raises(TokenReviewUnavailable) as info:
         TokenReviewResult.from_response(document)
     assert (info.value.status_code, info.value.reason) == (503, "review_unavailable")
-    assert isinstance(info.value, KeySetUnavailable) and info.value.retry_after >= 1
+    assert isinstance(info.value, ServiceUnavailable) and info.value.retry_after >= 1
+    assert not isinstance(info.value, KeySetUnavailable)  # an API-server outage, not the issuer's keys
+    assert "API server" in error_response(info.value).body["message"]
 
 
 # The recorded answers, served by a canned API server, mapped for a matching identity.

@@ -25,31 +25,28 @@ itself to answer with the precise reason.
 
 from __future__ import annotations
 
-import logging
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 try:
     from asgiref.sync import sync_to_async
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.contrib.auth.backends import BaseBackend
     from django.contrib.auth.models import Group, Permission
     from django.db.models.manager import EmptyManager
     from django.http import HttpRequest
+    from django.utils.module_loading import import_string
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import AuthError, KeySetUnavailable
-from k8s_jwt_auth._jws import fingerprint
-from k8s_jwt_auth.audit import audit_allowed, audit_refused, printable
+from k8s_jwt_auth import PolicyDenied
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._common import check_policy
-from .conf import LoadedSettings, get_settings, sensitive_token
+from .conf import LoadedSettings, get_settings, logger, sensitive_token
 
-__all__ = ["K8sJWTAuthBackend", "WorkloadUser"]
-
-logger = logging.getLogger("k8s_jwt_auth.integrations.django")
+__all__ = ["K8sJWTAuthBackend", "WorkloadUser", "configured_backend"]
 
 _NOT_STORED = "a WorkloadUser is not stored in the database (set MAP_TO_USERS for user-model rows)"
 
@@ -185,29 +182,29 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
 
     @sensitive_token
     def authenticate(self, request: HttpRequest | None, k8s_token: str | None = None) -> Any:
-        """The user of a verified, policy-allowed token; `None` for no token or any failure (logged)."""
+        """The user of a verified, policy-allowed token; `None` for no token or any failure (logged, audited)."""
         if k8s_token is None:
             return None
-        conf = get_settings().loaded
-        try:
-            workload = self._admit(conf, conf.verifier.verify(k8s_token), request)
-        except AuthError as exc:
-            self._log_failure(exc, k8s_token, request)
-            return None
-        return self.user_for_workload(request, workload)
+        gate, found = get_settings().loaded.gate, []
+
+        def check(workload: WorkloadIdentity) -> None:
+            found.append(self._required(workload, self.user_for_workload(request, workload)))
+
+        outcome = gate.admit(_bearer(k8s_token), path=_path(request), method=_method(request), check=check)
+        return found[0] if outcome.error is None else None
 
     @sensitive_token
     async def aauthenticate(self, request: HttpRequest | None, k8s_token: str | None = None) -> Any:
         """See `authenticate()`; fetching keys never blocks the event loop."""
         if k8s_token is None:
             return None
-        conf = get_settings().loaded
-        try:
-            workload = self._admit(conf, await conf.verifier.verify_async(k8s_token), request)
-        except AuthError as exc:
-            self._log_failure(exc, k8s_token, request)
-            return None
-        return await self.auser_for_workload(request, workload)
+        gate, found = get_settings().loaded.gate, []
+
+        async def check(workload: WorkloadIdentity) -> None:
+            found.append(self._required(workload, await self.auser_for_workload(request, workload)))
+
+        outcome = await gate.aadmit(_bearer(k8s_token), path=_path(request), method=_method(request), check=check)
+        return found[0] if outcome.error is None else None
 
     def get_user(self, user_id: Any) -> Any:
         """The user-model row with this primary key (`MAP_TO_USERS` only), if it may authenticate."""
@@ -268,25 +265,35 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
         user = self.configure_user(request, user, created=created)
         return user if self.user_can_authenticate(user) else None
 
-    # -- shared steps -----------------------------------------------------------------------------
-
     @staticmethod
-    def _admit(conf: LoadedSettings, workload: WorkloadIdentity, request: HttpRequest | None) -> WorkloadIdentity:
-        """Apply the policy and write the decision's one audit record, as every other adapter does."""
-        decision = check_policy(workload, conf.policy, logger)
-        audit_allowed(workload, decision, path=_path(request), method=_method(request))
-        return workload
-
-    @staticmethod
-    def _log_failure(exc: AuthError, token: str, request: HttpRequest | None) -> None:
-        level = logging.WARNING if isinstance(exc, KeySetUnavailable) else logging.INFO
-        logger.log(level, "authenticate(k8s_token=...) failed: %s %s: %s (token %s)", exc.status_code, exc.reason,
-                   printable(exc.message), fingerprint(token))
-        audit_refused(exc, token=token, path=_path(request), method=_method(request))
+    def _required(workload: WorkloadIdentity, user: Any) -> Any:
+        if user is None:
+            raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
+                               workload=workload)
+        return user
 
 
-def _path(request: HttpRequest | None) -> str | None:
-    return getattr(request, "path", None)
+_BACKENDS: weakref.WeakKeyDictionary[LoadedSettings, K8sJWTAuthBackend] = weakref.WeakKeyDictionary()
+
+
+def configured_backend(conf: LoadedSettings) -> K8sJWTAuthBackend:
+    """The backend mapping workloads to users for these settings: the first `K8sJWTAuthBackend` (or subclass)
+    listed in `AUTHENTICATION_BACKENDS`, else a default `K8sJWTAuthBackend`. One per loaded settings (they are
+    reloaded when `AUTHENTICATION_BACKENDS` changes)."""
+    backend = _BACKENDS.get(conf)
+    if backend is None:
+        backend = next((cls() for cls in map(import_string, getattr(settings, "AUTHENTICATION_BACKENDS", ()))
+                        if isinstance(cls, type) and issubclass(cls, K8sJWTAuthBackend)), None) or K8sJWTAuthBackend()
+        _BACKENDS[conf] = backend
+    return backend
+
+
+def _bearer(token: str) -> str:
+    return "Bearer " + str(token)
+
+
+def _path(request: HttpRequest | None) -> str:
+    return str(getattr(request, "path", ""))
 
 
 def _method(request: HttpRequest | None) -> str | None:

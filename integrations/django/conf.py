@@ -20,28 +20,24 @@ that reports it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 try:
     from django.apps import apps
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
-    from django.utils.module_loading import import_string
     from django.views.decorators.debug import sensitive_variables
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.config import SETTINGS
-
-from .._common import PathMatcher, header_name
-
-if TYPE_CHECKING:
-    from .backends import K8sJWTAuthBackend
+from k8s_jwt_auth.gate import Gate
+from k8s_jwt_auth.options import AdapterOptions, PathMatcher, flag_option
 
 __all__ = [
     "APP_LABEL",
@@ -53,6 +49,7 @@ __all__ = [
     "SettingsError",
     "get_settings",
     "load_settings",
+    "logger",
     "sensitive_token",
     "setting_name",
 ]
@@ -62,14 +59,34 @@ APP_LABEL = "k8s_jwt_auth"
 DJANGO_KEYS = frozenset({"EXEMPT_PATHS", "OPTIONAL", "HEADER", "MAP_TO_USERS", "REALM", "VERIFIER"})
 VERIFIER_KEYS = frozenset(SETTINGS)
 _REQUIRED = ("ISSUER", "AUDIENCES")
+_SHARED_OPTIONS = ("HEADER", "REALM", "OPTIONAL", "EXEMPT_PATHS")
+
+logger = logging.getLogger("k8s_jwt_auth.integrations.django")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+SENSITIVE = ("k8s_token", "token", "credentials")
+"""Variable names Django's error reports hide: ours, and the core's (`Gate.admit`, `TokenVerifier.verify`)."""
+
+
 def sensitive_token(func: _F) -> _F:
-    """`@sensitive_variables("k8s_token")`, typed: Django's error reports hide the `k8s_token` variable."""
-    wrapped: _F = sensitive_variables("k8s_token")(func)
+    """`@sensitive_variables(*SENSITIVE)`, typed: Django's error reports hide the token in this function's frame
+    and in the frames it calls (the gate's and the verifier's), sync; coroutines are registered one by one."""
+    wrapped: _F = sensitive_variables(*SENSITIVE)(func)
     return wrapped
+
+
+def _register_coroutines() -> None:
+    """Register the core's coroutines holding a token with Django's filter (a coroutine frame has no caller chain
+    for the filter to walk, so Django keys them by their code position); the wrappers are not used."""
+    from k8s_jwt_auth.gate import Gate
+
+    for coroutine in (Gate.aadmit, TokenVerifier.verify_async):
+        sensitive_variables(*SENSITIVE)(coroutine)
+
+
+_register_coroutines()
 
 
 def setting_name(key: str | None = None) -> str:
@@ -95,46 +112,59 @@ class SettingsError(ImproperlyConfigured):  # type: ignore[misc]  # Django ships
 
 @dataclass(frozen=True, eq=False)
 class LoadedSettings:
-    """Validated `K8S_JWT_AUTH`, with the one `TokenVerifier` built from it.
+    """Validated `K8S_JWT_AUTH`, with the one `TokenVerifier` (inside the `Gate`) built from it.
 
     Attributes:
-        verifier: the shared verifier.
-        exempt: matcher of the exempt paths.
-        optional: whether requests without bearer credentials pass as anonymous.
-        header: the header holding the bearer token, as configured.
-        meta_key: that header's `request.META` key (`HTTP_AUTHORIZATION`).
+        gate: the request pipeline every Django adapter uses (the verifier and the service policy `ALLOW`).
+        options: `HEADER`, `REALM`, `OPTIONAL`, `EXEMPT_PATHS`, parsed as every adapter parses them
+            (`k8s_jwt_auth.options`).
         map_to_users: whether workloads map to user-model rows.
-        realm: the challenge realm.
     """
 
-    verifier: TokenVerifier
-    exempt: PathMatcher
-    optional: bool = False
-    header: str = "Authorization"
-    meta_key: str = "HTTP_AUTHORIZATION"
+    gate: Gate
+    options: AdapterOptions
     map_to_users: bool = False
-    realm: str | None = None
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        """The shared verifier."""
+        return self.gate.verifier
 
     @property
     def policy(self) -> Policy:
-        """The global policy (`ALLOW`, `DRY_RUN`), applied to every authenticated request."""
-        return self.verifier.policy
+        """The service policy (`ALLOW`, `DRY_RUN`), applied to every authenticated request."""
+        return self.gate.policy
 
-    @cached_property
-    def backend(self) -> K8sJWTAuthBackend:
-        """The backend mapping workloads to users: the first `K8sJWTAuthBackend` (or subclass) listed in
-        `AUTHENTICATION_BACKENDS`, else a default `K8sJWTAuthBackend`."""
-        from .backends import K8sJWTAuthBackend  # needs the auth models, so not importable before apps are ready
+    @property
+    def exempt(self) -> PathMatcher:
+        """Matcher of the exempt paths."""
+        return self.options.exempt_paths
 
-        for path in getattr(settings, "AUTHENTICATION_BACKENDS", ()):
-            cls = import_string(path)
-            if isinstance(cls, type) and issubclass(cls, K8sJWTAuthBackend):
-                return cls()
-        return K8sJWTAuthBackend()
+    @property
+    def optional(self) -> bool:
+        """Whether requests without bearer credentials pass as anonymous."""
+        return self.options.optional
+
+    @property
+    def header(self) -> str:
+        """The header holding the bearer token, as configured."""
+        return self.options.header
+
+    @property
+    def meta_key(self) -> str:
+        """That header's `request.META` key (`HTTP_AUTHORIZATION`)."""
+        return self.options.meta_key
+
+    @property
+    def realm(self) -> str | None:
+        """The challenge realm."""
+        return self.options.realm
 
 
 def load_settings(raw: object) -> LoadedSettings:
     """Validate a `K8S_JWT_AUTH` value and build its verifier.
+
+    `None` values mean "not set" (the default applies), as for every adapter and `VerifierConfig.from_mapping`.
 
     Raises:
         SettingsError: `E001` not a dict, `E002` unknown key, `E003` missing key, `E004` invalid verifier
@@ -142,15 +172,11 @@ def load_settings(raw: object) -> LoadedSettings:
     """
     mapping = _as_mapping(raw)
     _check_known(mapping)
-    header = mapping.get("HEADER", "Authorization")
+    mapping = {key: value for key, value in mapping.items() if value is not None}
     return LoadedSettings(
-        verifier=_verifier(mapping),
-        exempt=_exempt(mapping.get("EXEMPT_PATHS", ())),
-        optional=_flag(mapping, "OPTIONAL"),
-        header=header,
-        meta_key=_meta_key(header),
+        gate=Gate(_verifier(mapping), logger=logger),
+        options=_options(mapping),
         map_to_users=_flag(mapping, "MAP_TO_USERS"),
-        realm=_realm(mapping.get("REALM")),
     )
 
 
@@ -201,38 +227,19 @@ def _given_verifier(given: object, core: Mapping[str, Any]) -> TokenVerifier:
                         key="VERIFIER")
 
 
-def _exempt(paths: object) -> PathMatcher:
-    if not isinstance(paths, (list, tuple)):
-        raise SettingsError("E005", f"must be a list of paths, not {type(paths).__name__}", key="EXEMPT_PATHS",
-                            hint='e.g. ["/healthz", "/public/*"]')
+def _options(mapping: Mapping[str, Any]) -> AdapterOptions:
     try:
-        return PathMatcher(paths)
+        return AdapterOptions.parse({key: mapping.get(key) for key in _SHARED_OPTIONS}, setting_name)
     except ConfigurationError as exc:
-        raise SettingsError("E005", exc.message, key="EXEMPT_PATHS") from exc
+        raise SettingsError("E005", exc.message.removeprefix(f"{setting_name(exc.setting)}: "),
+                            key=exc.setting) from exc
 
 
 def _flag(mapping: Mapping[str, Any], key: str) -> bool:
-    value = mapping.get(key, False)
-    if not isinstance(value, bool):
-        raise SettingsError("E005", f"must be True or False, not {value!r}", key=key)
-    return value
-
-
-def _meta_key(header: object) -> str:
     try:
-        name = header_name(header)  # type: ignore[arg-type]  # validated here
+        return flag_option(mapping.get(key, False))
     except ConfigurationError as exc:
-        raise SettingsError("E005", exc.message, key="HEADER") from exc
-    if b"_" in name:
-        raise SettingsError("E005", f"{header!r}: use '-', not '_' (servers drop or merge headers with '_')",
-                            key="HEADER")
-    return "HTTP_" + name.decode("ascii").upper().replace("-", "_")
-
-
-def _realm(realm: object) -> str | None:
-    if realm is None or (isinstance(realm, str) and realm.strip()):
-        return realm
-    raise SettingsError("E005", f"must be a non-empty string or None, not {realm!r}", key="REALM")
+        raise SettingsError("E005", exc.message, key=key) from exc
 
 
 class AuthSettings:

@@ -9,10 +9,11 @@ class ReportView(WorkloadRequiredMixin, View):
     workload_rules = ("frontend/web/web-*",)
 ```
 
-Rules are the compact policy form (`NS/SA[/POD]`, `!` to deny, globs) and apply on top of the global `ALLOW`
-policy the middleware enforces. A request without a workload (an exempt path, `OPTIONAL` mode without a token) gets
-a 401, a workload the view's rules deny a 403, with the middleware's JSON bodies. They need
-`K8sJWTAuthMiddleware`, which sets `request.workload`.
+Rules are the compact policy form (`NS/SA[/POD]`, `!` to deny, globs). They are the route layer of the policy model
+(docs/policy-model.md): behind `K8sJWTAuthMiddleware` (which applied the service policy `ALLOW`) they reuse its
+`request.workload` and apply the view's rules; on a request the middleware let through without a workload (an
+exempt path, `OPTIONAL` mode) or without the middleware, they verify the token themselves and apply the view's rules,
+or the service policy when the view has none. Refusals are the middleware's: 401, 403, 503 with the same JSON bodies.
 """
 
 from __future__ import annotations
@@ -23,20 +24,18 @@ from typing import Any, ClassVar, TypeVar, overload
 
 try:
     from asgiref.sync import iscoroutinefunction
-    from django.core.exceptions import ImproperlyConfigured
     from django.http import HttpRequest, HttpResponse
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import AuthError, ConfigurationError, Policy
-from k8s_jwt_auth._http import missing_token
+from k8s_jwt_auth import ConfigurationError, Policy
+from k8s_jwt_auth.gate import Outcome
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._common import check_policy
-from .conf import get_settings
-from .middleware import auth_error_response, log_admitted, log_refusal, logger
+from .conf import LoadedSettings, get_settings, sensitive_token
+from .middleware import aadmit, admit, auth_error_response
 
-__all__ = ["WorkloadRequiredMixin", "check_workload", "view_policy", "workload_required"]
+__all__ = ["WorkloadRequiredMixin", "acheck_workload", "check_workload", "view_policy", "workload_required"]
 
 _View = TypeVar("_View", bound=Callable[..., Any])
 
@@ -54,32 +53,35 @@ def view_policy(rules: str | Sequence[str] = (), policy: Policy | None = None) -
     return Policy.parse(rules) if rules else None
 
 
-def _workload(request: HttpRequest) -> WorkloadIdentity | None:
-    try:
-        workload: WorkloadIdentity | None = request.workload
-    except AttributeError as exc:
-        raise ImproperlyConfigured("request.workload is not set: add k8s_jwt_auth.integrations.django.middleware."
-                                   "K8sJWTAuthMiddleware to MIDDLEWARE") from exc
-    return workload
-
-
+@sensitive_token
 def check_workload(request: HttpRequest, policy: Policy | None = None) -> HttpResponse | None:
-    """`None` when the request has a workload that `policy` allows, else the 401/403 response to send.
+    """`None` when the request has a workload that `policy` allows, else the 401/403/503 response to send.
 
-    Raises:
-        ImproperlyConfigured: `K8sJWTAuthMiddleware` did not run for this request.
+    `policy`: the view's rules; `None` for the service policy (`ALLOW`), which the middleware has applied already.
     """
-    workload = _workload(request)
-    try:
-        if workload is None:
-            raise missing_token()
-        decision = check_policy(workload, policy, logger)
-    except AuthError as exc:
-        log_refusal(request, exc)
-        return auth_error_response(exc, get_settings().loaded.realm)
-    if decision is not None:  # a second gate after the middleware: record its own decision
-        log_admitted(request, workload, decision)
-    return None
+    conf = get_settings().loaded
+    workload = getattr(request, "workload", None)
+    if isinstance(workload, WorkloadIdentity):  # the middleware admitted it: only the view's rules are new
+        if policy is None:
+            return None
+        return _refusal(conf, conf.gate.authorize(workload, policy=policy, path=request.path, method=request.method))
+    return _refusal(conf, admit(request, conf, policy=policy))
+
+
+@sensitive_token
+async def acheck_workload(request: HttpRequest, policy: Policy | None = None) -> HttpResponse | None:
+    """`check_workload` for async views: verifying a token never blocks the event loop."""
+    conf = get_settings().loaded
+    workload = getattr(request, "workload", None)
+    if isinstance(workload, WorkloadIdentity):
+        if policy is None:
+            return None
+        return _refusal(conf, conf.gate.authorize(workload, policy=policy, path=request.path, method=request.method))
+    return _refusal(conf, await aadmit(request, conf, policy=policy))
+
+
+def _refusal(conf: LoadedSettings, outcome: Outcome) -> HttpResponse | None:
+    return None if outcome.error is None else auth_error_response(outcome.error, conf.realm)
 
 
 @overload
@@ -106,7 +108,7 @@ def workload_required(*rules: Any, policy: Policy | None = None) -> Any:
         if iscoroutinefunction(view):
             @wraps(view)
             async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                refusal = check_workload(request, guard)
+                refusal = await acheck_workload(request, guard)
                 return refusal if refusal is not None else await view(request, *args, **kwargs)
 
             return async_view  # type: ignore[return-value]
@@ -139,14 +141,12 @@ class WorkloadRequiredMixin:
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         """Refuse the request, or hand it to the view's handler."""
-        refusal = check_workload(request, self._workload_guard)
-        if refusal is None:
-            view: Any = super()
-            return view.dispatch(request, *args, **kwargs)
+        view: Any = super()
         if getattr(self, "view_is_async", False):
-            return _resolved(refusal)
-        return refusal
+            return self._adispatch(view, request, *args, **kwargs)
+        refusal = check_workload(request, self._workload_guard)
+        return refusal if refusal is not None else view.dispatch(request, *args, **kwargs)
 
-
-async def _resolved(response: HttpResponse) -> HttpResponse:
-    return response
+    async def _adispatch(self, view: Any, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        refusal = await acheck_workload(request, self._workload_guard)
+        return refusal if refusal is not None else await view.dispatch(request, *args, **kwargs)

@@ -21,7 +21,7 @@ exception handler renders it unchanged, with the same statuses and headers as th
 | `InvalidToken` | `WorkloadAuthenticationFailed` (`AuthenticationFailed`) | 401 | `WWW-Authenticate` with the error |
 | no workload | `WorkloadNotAuthenticated` (`NotAuthenticated`) | 401 | `WWW-Authenticate: Bearer` |
 | `PolicyDenied` | `WorkloadPermissionDenied` (`PermissionDenied`) | 403 | `WWW-Authenticate` with the error |
-| `KeySetUnavailable` | `WorkloadKeysUnavailable` (`APIException`) | 503 | `Retry-After` |
+| `ServiceUnavailable` | `WorkloadKeysUnavailable` (`APIException`) | 503 | `Retry-After` |
 
 DRF answers 401 only when the *first* authentication class returns a challenge: list `K8sJWTAuthentication`
 first, or DRF turns the 401s into 403s. In tests, `workload_api_client(issuer, namespace, service_account)` is an
@@ -42,14 +42,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError('k8s_jwt_auth.integrations.django.drf needs Django REST framework: '
                       'pip install "k8s-jwt-auth[drf]"') from exc
 
-from k8s_jwt_auth import AuthError, KeySetUnavailable, Policy, PolicyDenied
-from k8s_jwt_auth._http import challenge, error_response, missing_token
+from k8s_jwt_auth import AuthError, Policy, PolicyDenied, ServiceUnavailable
+from k8s_jwt_auth.gate import AUTHENTICATE_ONLY, Outcome
+from k8s_jwt_auth.http import challenge, error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._common import check_policy
 from .conf import get_settings, sensitive_token
 from .decorators import view_policy
-from .middleware import log_admitted, log_refusal, logger, read_token
+from .middleware import admit
 
 if TYPE_CHECKING:
     from rest_framework.test import APIClient
@@ -80,7 +80,7 @@ class _WorkloadAPIError:
         headers = dict(rendered.headers)
         self.auth_error = error
         self.auth_header = headers.get("WWW-Authenticate")
-        self.wait = error.retry_after if isinstance(error, KeySetUnavailable) else None
+        self.wait = error.retry_after if isinstance(error, ServiceUnavailable) else None
 
 
 class WorkloadAuthenticationFailed(_WorkloadAPIError, AuthenticationFailed):  # type: ignore[misc]
@@ -96,7 +96,7 @@ class WorkloadPermissionDenied(_WorkloadAPIError, PermissionDenied):  # type: ig
 
 
 class WorkloadKeysUnavailable(_WorkloadAPIError, APIException):  # type: ignore[misc]
-    """503 with `Retry-After` (`wait`): no keys to verify tokens with."""
+    """503 with `Retry-After` (`wait`): the token cannot be checked now (keys or TokenReview unavailable)."""
 
     status_code = 503
     default_code = "temporarily_unavailable"
@@ -104,7 +104,7 @@ class WorkloadKeysUnavailable(_WorkloadAPIError, APIException):  # type: ignore[
 
 def api_exception(error: AuthError, realm: str | None = None) -> APIException:
     """The DRF exception for one of our errors (see the module table)."""
-    if isinstance(error, KeySetUnavailable):
+    if isinstance(error, ServiceUnavailable):
         return WorkloadKeysUnavailable(error, realm)
     if isinstance(error, PolicyDenied):
         return WorkloadPermissionDenied(error, realm)
@@ -116,8 +116,10 @@ def api_exception(error: AuthError, realm: str | None = None) -> APIException:
 class K8sJWTAuthentication(BaseAuthentication):  # type: ignore[misc]  # DRF ships no type hints
     """DRF authentication with Kubernetes service-account tokens (settings: `K8S_JWT_AUTH`).
 
-    Applies the global policy (`ALLOW`); `request.user` is a `WorkloadUser` (or a user row with
-    `MAP_TO_USERS`), `request.auth` the `WorkloadIdentity`.
+    A route-layer gate (docs/policy-model.md): it applies the service policy (`ALLOW`), unless the view has a
+    `WorkloadPermission` with rules of its own (those then decide); behind `K8sJWTAuthMiddleware` it reuses the
+    middleware's workload. `request.user` is a `WorkloadUser` (or a user row with `MAP_TO_USERS`), `request.auth`
+    the `WorkloadIdentity`.
     """
 
     @sensitive_token
@@ -127,29 +129,19 @@ class K8sJWTAuthentication(BaseAuthentication):  # type: ignore[misc]  # DRF shi
         Raises:
             WorkloadAuthenticationFailed: 401, the token is malformed or invalid.
             WorkloadPermissionDenied: 403, the policy denies the workload.
-            WorkloadKeysUnavailable: 503, no keys are available.
+            WorkloadKeysUnavailable: 503, the token cannot be checked now.
         """
         django_request = request._request
         workload = getattr(django_request, "workload", None)
         if isinstance(workload, WorkloadIdentity):  # K8sJWTAuthMiddleware verified this request already
             return django_request.user, workload
-        conf, k8s_token = get_settings().loaded, None
-        try:
-            k8s_token = read_token(django_request, conf.meta_key)
-            if k8s_token is None:
-                return None
-            workload = conf.verifier.verify(k8s_token)
-            decision = check_policy(workload, conf.policy, logger)
-            user = conf.backend.user_for_workload(django_request, workload)
-            if user is None:
-                raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
-                                   workload=workload)
-        except AuthError as exc:
-            log_refusal(django_request, exc, k8s_token)
-            setattr(request, _ERROR_ATTR, exc)
-            raise api_exception(exc, conf.realm) from exc
-        log_admitted(django_request, workload, decision)
-        return user, workload
+        conf = get_settings().loaded
+        policy = AUTHENTICATE_ONLY if _view_has_rules(request) else None
+        outcome = admit(django_request, conf, policy=policy, optional=True)
+        if outcome.error is not None:
+            setattr(request, _ERROR_ATTR, outcome.error)
+            raise api_exception(outcome.error, conf.realm)
+        return None if outcome.workload is None else (django_request.user, outcome.workload)
 
     def authenticate_header(self, request: Request) -> str:
         """The RFC 6750 challenge (with the error code of a refused token), so DRF answers 401, not 403."""
@@ -160,7 +152,8 @@ class WorkloadPermission(BasePermission):  # type: ignore[misc]  # DRF ships no 
     """Require a verified workload, allowed by `rules` (compact form) or `policy` when given.
 
     Subclass it with `rules = ("payments/*",)`, or use `workload_permission("payments/*")`. The workload comes
-    from `K8sJWTAuthentication` (`request.auth`) or `K8sJWTAuthMiddleware` (`request.workload`).
+    from `K8sJWTAuthentication` (`request.auth`) or `K8sJWTAuthMiddleware` (`request.workload`); the rules replace
+    the service policy for the view in `K8sJWTAuthentication`, and apply on top of it behind the middleware.
 
     Attributes:
         rules: compact rules (`NS/SA[/POD]`, `!` to deny).
@@ -183,16 +176,22 @@ class WorkloadPermission(BasePermission):  # type: ignore[misc]  # DRF ships no 
             WorkloadPermissionDenied: 403, the rules deny it.
         """
         workload = _workload(request)
-        try:
-            if workload is None:
-                raise missing_token()
-            decision = check_policy(workload, self._guard, logger)
-        except AuthError as exc:
-            log_refusal(request._request, exc)
-            raise api_exception(exc, get_settings().loaded.realm) from exc
-        if decision is not None:  # a second gate after authentication: record its own decision
-            log_admitted(request._request, workload, decision)
+        if workload is not None and self._guard is None:
+            return True
+        conf = get_settings().loaded
+        where = {"path": request._request.path, "method": request._request.method}
+        outcome: Outcome = (conf.gate.refuse(missing_token(), **where) if workload is None
+                            else conf.gate.authorize(workload, policy=self._guard, **where))
+        if outcome.error is not None:
+            raise api_exception(outcome.error, conf.realm)
         return True
+
+
+def _view_has_rules(request: Request) -> bool:
+    """Whether the view of a DRF request has a `WorkloadPermission` with rules of its own."""
+    view = (getattr(request, "parser_context", None) or {}).get("view")
+    return any(isinstance(cls, type) and issubclass(cls, WorkloadPermission) and cls._guard is not None
+               for cls in getattr(view, "permission_classes", ()))
 
 
 def workload_permission(*rules: str, policy: Policy | None = None) -> type[WorkloadPermission]:

@@ -23,27 +23,27 @@ fingerprint, never the token.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.conf import settings
     from django.contrib.auth.models import AnonymousUser
     from django.http import HttpRequest, HttpResponse
+    from django.utils.module_loading import import_string
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import AuthError, Decision, PolicyDenied
-from k8s_jwt_auth._http import bearer_token, error_response, missing_token
+from k8s_jwt_auth import AlreadyInstalled, AuthError, Policy, PolicyDenied
+from k8s_jwt_auth.gate import Outcome
+from k8s_jwt_auth.http import bearer_token, error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .._common import check_policy, log_admission, log_rejection
+from .backends import configured_backend
 from .conf import LoadedSettings, get_settings, sensitive_token
 
-__all__ = ["K8sJWTAuthMiddleware", "auth_error_response", "log_admitted", "log_refusal", "read_token"]
-
-logger = logging.getLogger("k8s_jwt_auth.integrations.django")
+__all__ = ["K8sJWTAuthMiddleware", "admit", "aadmit", "auth_error_response", "read_token"]
 
 
 def read_token(request: HttpRequest, meta_key: str = "HTTP_AUTHORIZATION") -> str | None:
@@ -64,16 +64,6 @@ def auth_error_response(exc: AuthError, realm: str | None = None) -> HttpRespons
     return response
 
 
-def log_refusal(request: HttpRequest, exc: AuthError, token: str | None = None) -> None:
-    """Log a refused request: status, reason, path and the token's fingerprint (never the token)."""
-    log_rejection(logger, exc, path=request.path, token=token, method=request.method)
-
-
-def log_admitted(request: HttpRequest, workload: WorkloadIdentity, decision: Decision | None) -> None:
-    """Log a request let through: a debug line and its audit record (`allowed` or `dry_run_denied`)."""
-    log_admission(logger, workload, decision, path=request.path, method=request.method)
-
-
 def _set_user(request: HttpRequest, user: Any) -> None:
     async def auser() -> Any:
         return user
@@ -82,20 +72,56 @@ def _set_user(request: HttpRequest, user: Any) -> None:
     request.auser = auser
 
 
+def _attach(request: HttpRequest, workload: WorkloadIdentity, user: Any) -> None:
+    """Put the workload and its user on the request; no user (inactive, unknown) refuses it."""
+    if user is None:
+        raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
+                           workload=workload)
+    _set_user(request, user)
+    request.workload = workload
+
+
+@sensitive_token
+def admit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy | None = None,
+          optional: bool = False) -> Outcome:
+    """Pass a request through the gate (sync); on success `request.workload` and `request.user` are set.
+
+    The one place every sync Django adapter (middleware, decorators, DRF) verifies a request.
+    """
+    def check(workload: WorkloadIdentity) -> None:
+        _attach(request, workload, configured_backend(conf).user_for_workload(request, workload))
+
+    return conf.gate.admit(request.META.get(conf.options.meta_key), policy=policy, optional=optional,
+                           path=request.path, method=request.method, check=check)
+
+
+@sensitive_token
+async def aadmit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy | None = None,
+                 optional: bool = False) -> Outcome:
+    """`admit` for async code: key fetches and user-row lookups never block the event loop."""
+    async def check(workload: WorkloadIdentity) -> None:
+        _attach(request, workload, await configured_backend(conf).auser_for_workload(request, workload))
+
+    return await conf.gate.aadmit(request.META.get(conf.options.meta_key), policy=policy, optional=optional,
+                                  path=request.path, method=request.method, check=check)
+
+
 class K8sJWTAuthMiddleware:
     """Authenticates Kubernetes workloads; configured by `settings.K8S_JWT_AUTH` (see `conf`).
 
-    Works under WSGI and ASGI: the sync and async paths share every step but the I/O (`verify` vs
-    `verify_async`, `user_for_workload` vs `auser_for_workload`).
+    The enforcing layer of the policy model (docs/policy-model.md): every non-exempt request passes the service
+    policy (`ALLOW`). Works under WSGI and ASGI: both paths are `k8s_jwt_auth.gate.Gate` (`admit` / `aadmit`).
 
     Raises:
         ImproperlyConfigured: (at startup) the app is not installed or `K8S_JWT_AUTH` is invalid.
+        AlreadyInstalled: `MIDDLEWARE` lists this middleware (or a subclass) more than once.
     """
 
     sync_capable = True
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        _refuse_second()
         self.get_response = get_response
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
@@ -107,64 +133,49 @@ class K8sJWTAuthMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        conf, k8s_token = self.settings.loaded, None
-        try:
-            k8s_token = self._token(request, conf)
-            if k8s_token is not None:
-                workload, decision = self._admit(conf, conf.verifier.verify(k8s_token))
-                self._attach(request, workload, decision, conf.backend.user_for_workload(request, workload))
-        except AuthError as exc:
-            return self._refuse(request, conf, exc, k8s_token)
-        return self.get_response(request)
+        conf = self.settings.loaded
+        if self._exempt(request, conf):
+            return self.get_response(request)
+        refusal = self._respond(request, conf, admit(request, conf, optional=conf.options.optional))
+        return refusal if refusal is not None else self.get_response(request)
 
     @sensitive_token
     async def __acall__(self, request: HttpRequest) -> Any:
-        conf, k8s_token = self.settings.loaded, None
-        try:
-            k8s_token = self._token(request, conf)
-            if k8s_token is not None:
-                workload, decision = self._admit(conf, await conf.verifier.verify_async(k8s_token))
-                self._attach(request, workload, decision,
-                             await conf.backend.auser_for_workload(request, workload))
-        except AuthError as exc:
-            return self._refuse(request, conf, exc, k8s_token)
+        conf = self.settings.loaded
+        if not self._exempt(request, conf):
+            refusal = self._respond(request, conf, await aadmit(request, conf, optional=conf.options.optional))
+            if refusal is not None:
+                return refusal
         response: Awaitable[Any] = self.get_response(request)
         return await response
 
-    # -- the shared steps -------------------------------------------------------------------------
-
     @staticmethod
-    def _token(request: HttpRequest, conf: LoadedSettings) -> str | None:
-        """The token to verify, or `None` when the request goes on without one (exempt path, optional mode).
-
-        Raises:
-            InvalidToken: `missing_token`, `malformed`, `too_large`.
-        """
+    def _exempt(request: HttpRequest, conf: LoadedSettings) -> bool:
         request.workload = None
-        if conf.exempt and conf.exempt(request.path_info):
-            token = None
-        else:
-            token = read_token(request, conf.meta_key)
-            if token is None and not conf.optional:
-                raise missing_token()
-        if token is None and not hasattr(request, "user"):
+        exempt = bool(conf.exempt) and conf.exempt(request.path_info)
+        if exempt and not hasattr(request, "user"):
             _set_user(request, AnonymousUser())
-        return token
+        return exempt
 
     @staticmethod
-    def _admit(conf: LoadedSettings, workload: WorkloadIdentity) -> tuple[WorkloadIdentity, Decision | None]:
-        return workload, check_policy(workload, conf.policy, logger)
+    def _respond(request: HttpRequest, conf: LoadedSettings, outcome: Outcome) -> HttpResponse | None:
+        if outcome.error is not None:
+            return auth_error_response(outcome.error, conf.realm)
+        if outcome.workload is None and not hasattr(request, "user"):
+            _set_user(request, AnonymousUser())
+        return None
 
-    @staticmethod
-    def _attach(request: HttpRequest, workload: WorkloadIdentity, decision: Decision | None, user: Any) -> None:
-        if user is None:
-            raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
-                               workload=workload)
-        _set_user(request, user)
-        request.workload = workload
-        log_admitted(request, workload, decision)
 
-    @staticmethod
-    def _refuse(request: HttpRequest, conf: LoadedSettings, exc: AuthError, token: str | None) -> HttpResponse:
-        log_refusal(request, exc, token)
-        return auth_error_response(exc, conf.realm)
+def _refuse_second() -> None:
+    listed = [path for path in getattr(settings, "MIDDLEWARE", None) or () if _is_ours(path)]
+    if len(listed) > 1:
+        raise AlreadyInstalled("MIDDLEWARE", f"it lists {', '.join(listed)}: keep one; give a view its own rules "
+                               "with @workload_required(...)")
+
+
+def _is_ours(path: object) -> bool:
+    try:
+        cls = import_string(path) if isinstance(path, str) else None
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, K8sJWTAuthMiddleware)

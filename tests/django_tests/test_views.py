@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.test import AsyncClient, Client, RequestFactory
 
 from k8s_jwt_auth import ConfigurationError, Policy
@@ -103,7 +103,20 @@ def test_rules_are_checked_when_the_view_is_defined() -> None:
         type("Broken", (WorkloadRequiredMixin,), {"workload_rules": ("no-slash",)})
 
 
-def test_guards_without_the_middleware_are_a_configuration_error(configure: Configure) -> None:
-    view = workload_required(lambda request: "ok")
-    with pytest.raises(ImproperlyConfigured, match="K8sJWTAuthMiddleware"):
-        view(RequestFactory().get("/"))
+def test_guards_without_the_middleware_verify_the_token_themselves(configure: Configure, issuer: FakeIssuer) -> None:
+    configure(ALLOW=["payments/*"])
+    seen: list[Any] = []
+
+    def view(request: Any) -> Any:
+        seen.append((request.workload.username, request.user.get_username()))
+        return "ok"
+
+    guarded, ruled = workload_required(view), workload_required("frontend/*")(view)
+    missing = guarded(RequestFactory().get("/"))
+    assert (missing.status_code, json.loads(missing.content)["reason"]) == (401, "missing_token")
+    assert guarded(RequestFactory().get("/", headers=bearer(issuer.mint("payments", "worker")))) == "ok"
+    denied = guarded(RequestFactory().get("/", headers=bearer(issuer.mint("frontend", "web"))))
+    assert (denied.status_code, json.loads(denied.content)["reason"]) == (403, "policy_denied")  # service policy
+    # the view's own rules replace the service policy (docs/policy-model.md)
+    assert ruled(RequestFactory().get("/", headers=bearer(issuer.mint("frontend", "web")))) == "ok"
+    assert seen == [("system:serviceaccount:payments:worker",) * 2, ("system:serviceaccount:frontend:web",) * 2]

@@ -1,7 +1,9 @@
 """Framework-free HTTP helpers for adapters: bearer-header parsing and RFC 6750 error responses.
 
-Adapters get the header value, call `bearer_token`, and on `AuthError` render `error_response(exc)`
-in their framework's response type. Everything here is plain `str`/`dict`.
+The public home of what every adapter renders: `error_response(exc, realm)` gives the status, headers
+(`WWW-Authenticate`, `Retry-After`) and JSON body of a refusal as plain `str`/`dict`, which an adapter copies
+into its framework's response type. `bearer_token` parses one credentials header value. Adapters normally get
+both through `k8s_jwt_auth.gate.Gate`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .errors import AuthError, InvalidToken, KeySetUnavailable
+from .errors import AuthError, InvalidToken, KeySetUnavailable, ServiceUnavailable
 
 __all__ = ["UNAVAILABLE_MESSAGE", "ErrorResponse", "bearer_token", "challenge", "error_response", "missing_token"]
 
@@ -75,22 +77,23 @@ class ErrorResponse:
         return json.dumps(self.body, separators=(",", ":")).encode()
 
 
-UNAVAILABLE_MESSAGE = "the token cannot be verified now: the issuer's keys are unavailable; retry later"
+UNAVAILABLE_MESSAGE = KeySetUnavailable.public_message
+"""The 503 body message when the issuer's keys are unavailable (each `ServiceUnavailable` has its own)."""
 
 
 def error_response(exc: AuthError, realm: str | None = None) -> ErrorResponse:
     """401 + `WWW-Authenticate` for invalid tokens, 403 (`insufficient_scope`) for policy denials,
-    503 + `Retry-After` when keys are unavailable.
+    503 + `Retry-After` when the token cannot be checked now (keys or TokenReview unavailable).
 
-    The body is `exc.to_dict()`; it never holds the token. For 503 the message is a generic sentence:
-    the detailed one names internal URLs and upstream answers, which belong in logs, not in answers to
-    unauthenticated callers.
+    The body is `exc.to_dict()`; it never holds the token. For 503 the message is the error class's
+    `public_message`, one sentence per cause: the detailed one names internal URLs and upstream answers, which
+    belong in logs, not in answers to unauthenticated callers.
     """
     headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
     body = exc.to_dict()
-    if isinstance(exc, KeySetUnavailable):
+    if isinstance(exc, ServiceUnavailable):
         headers.append(("Retry-After", str(exc.retry_after)))
-        body["message"] = UNAVAILABLE_MESSAGE
+        body["message"] = exc.public_message
     elif exc.status_code in (401, 403):
         headers.append(("WWW-Authenticate", challenge(exc, realm)))
     return ErrorResponse(exc.status_code, tuple(headers), body)

@@ -217,3 +217,48 @@ def test_core_modules_have_no_import_cycle() -> None:
     assert "k8s_jwt_auth.tokenreview" in graph["k8s_jwt_auth.verifier"]  # ... also those inside functions
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle among the core modules: " + " -> ".join(cycle or ())
+
+
+def _integration_modules() -> dict[str, Path]:
+    """Every module of `integrations/` by its installed name (`k8s_jwt_auth.integrations.django.conf`)."""
+    modules: dict[str, Path] = {}
+    for path in sorted((REPO / "integrations").rglob("*.py")):
+        parts = ["k8s_jwt_auth", "integrations", *path.relative_to(REPO / "integrations").with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def test_integrations_have_no_import_cycle() -> None:
+    modules = _integration_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for level, module, names in _imported_names(ast.parse(path.read_text())):
+            if not level:
+                continue  # absolute imports: frameworks and the core, which never imports an integration
+            target = ".".join(p for p in (package.rsplit(".", level - 1)[0], module) if p)
+            for candidate in [f"{target}.{n}" if f"{target}.{n}" in modules else target for n in names or ["*"]]:
+                if candidate in modules and candidate != name:
+                    edges.add(candidate)
+        graph[name] = edges
+    assert "k8s_jwt_auth.integrations.django.conf" in graph["k8s_jwt_auth.integrations.django.backends"]
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle among the integrations: " + " -> ".join(cycle or ())
+
+
+def test_integrations_import_public_core_modules_only() -> None:
+    """The lint rule (integrations/ruff.toml, TID251) bans every private core module; this keeps its list whole,
+    and checks the code as it stands."""
+    banned = set(tomllib.loads((REPO / "integrations" / "ruff.toml").read_text())["lint"]["flake8-tidy-imports"][
+        "banned-api"])
+    private = {name for name in _core_modules()
+               if any(part.startswith("_") and not part.startswith("__") for part in name.split(".")[1:])}
+    assert private - banned == set(), "add these private modules to integrations/ruff.toml"
+    for name, path in _integration_modules().items():
+        for level, module, names in _imported_names(ast.parse(path.read_text())):
+            if level == 0 and module and module.startswith("k8s_jwt_auth") and "integrations" not in module:
+                imported = {module} | {f"{module}.{n}" for n in names}
+                assert not imported & private, f"{name} imports a private core module: {sorted(imported & private)}"

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 
+from ._cache import CacheInfo
+from ._observer import Observer
 from ._remote import KeySourceStatus, RemoteKeySource
+from ._shared import SharedStore
 from .client import ServiceAccountTokenAuth, TokenFileError, read_token
 from .config import VerifierConfig
 from .errors import (
@@ -33,11 +36,13 @@ from .identity import WorkloadIdentity
 from .keys import KeySet, KeySource, StaticKeySource, VerificationKey
 from .multicluster import ClusterPolicy, MultiClusterVerifier
 from .policy import Decision, Policy, Rule
+from .tokenreview import TokenReviewer
 from .verifier import Clock, TokenVerifier
 
 __all__ = [
     "AlreadyInstalled",
     "AuthError",
+    "CacheInfo",
     "Clock",
     "ClusterPolicy",
     "ConfigurationError",
@@ -48,16 +53,19 @@ __all__ = [
     "KeySource",
     "KeySourceStatus",
     "MultiClusterVerifier",
+    "Observer",
     "Policy",
     "PolicyDenied",
     "Reason",
     "RemoteKeySource",
     "ServiceAccountTokenAuth",
     "ServiceUnavailable",
+    "SharedStore",
     "Rule",
     "StaticKeySource",
     "TokenFileError",
     "TokenReviewUnavailable",
+    "TokenReviewer",
     "TokenVerifier",
     "VerificationKey",
     "VerifierConfig",

@@ -35,15 +35,17 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import AlreadyInstalled, AuthError, Policy, PolicyDenied
-from k8s_jwt_auth.gate import Outcome
+from k8s_jwt_auth import AlreadyInstalled, AuthError, Decision, Policy, PolicyDenied
+from k8s_jwt_auth.audit import audit_allowed
+from k8s_jwt_auth.gate import Outcome, refuse
 from k8s_jwt_auth.http import bearer_token, error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 from .backends import configured_backend
-from .conf import LoadedSettings, get_settings, sensitive_token
+from .conf import LoadedSettings, get_settings, logger, sensitive_token
 
-__all__ = ["K8sJWTAuthMiddleware", "admit", "aadmit", "auth_error_response", "read_token"]
+__all__ = ["K8sJWTAuthMiddleware", "aadmit", "admit", "auth_error_response", "log_admitted", "log_refusal",
+           "read_token"]
 
 
 def read_token(request: HttpRequest, meta_key: str = "HTTP_AUTHORIZATION") -> str | None:
@@ -62,6 +64,18 @@ def auth_error_response(exc: AuthError, realm: str | None = None) -> HttpRespons
     for name, value in rendered.headers:
         response[name] = value
     return response
+
+
+def log_refusal(request: HttpRequest, exc: AuthError, token: str | None = None) -> None:
+    """Log a refusal your own code decided, with its audit record (as the gate does for ours): status, reason, path
+    and the token's fingerprint, never the token."""
+    refuse(exc, logger=logger, token=token, path=request.path, method=request.method)
+
+
+def log_admitted(request: HttpRequest, workload: WorkloadIdentity, decision: Decision | None) -> None:
+    """Log a request your own code let through, with its audit record (`allowed` or `dry_run_denied`)."""
+    logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)
+    audit_allowed(workload, decision, path=request.path, method=request.method)
 
 
 def _set_user(request: HttpRequest, user: Any) -> None:

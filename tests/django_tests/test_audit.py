@@ -131,3 +131,22 @@ def test_the_backend_writes_one_audit_record_per_decision_like_every_adapter(
         expected_refused("rejected_token", "bad_audience", 401, wrong, path="/charge", method="POST"),
     ]
     assert leaks(caplog, good) == [] and leaks(caplog, wrong) == []
+
+
+def test_log_refusal_and_log_admitted_write_the_gates_records_for_your_own_decisions(
+        configure: Configure, issuer: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
+    from django.test import RequestFactory
+
+    from k8s_jwt_auth import InvalidToken
+    from k8s_jwt_auth.integrations.django.middleware import log_admitted, log_refusal
+
+    capture(caplog)
+    token = issuer.mint("payments", "worker")
+    workload = static_verifier(issuer).verify(token)
+    request = RequestFactory().post("/mine")
+    log_refusal(request, InvalidToken("my own check failed", reason="claim_mismatch"), token)
+    log_admitted(request, workload, None)
+    assert audit_dicts(caplog) == [
+        expected_refused("rejected_token", "claim_mismatch", 401, token, path="/mine", method="POST"),
+        expected_allowed(workload, token, path="/mine", method="POST")]
+    assert leaks(caplog, token) == []

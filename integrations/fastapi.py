@@ -26,7 +26,8 @@ How errors render: the dependencies raise `WorkloadHTTPException` (an `HTTPExcep
 and `WWW-Authenticate`/`Retry-After` headers. `install()` / `add_exception_handlers()` register a handler
 that answers with our exact body, `{"error", "reason", "message"}`; without it FastAPI's default
 handler wraps the same body as `{"detail": {...}}` (status and headers unchanged). In websocket routes
-the dependencies raise `WebSocketException` (close code 1008, or 1013 when keys are unavailable).
+the dependencies raise `WebSocketException` (close code 1008, or 1013 when the token cannot be checked
+now: keys or TokenReview unavailable).
 
 In tests, `workload_client(app, issuer, namespace, service_account)` (from `integrations.starlette`) is a
 `TestClient` that calls as that workload, with a token minted by a `k8s_jwt_auth.testing.FakeIssuer` for the

@@ -26,7 +26,8 @@ Settings are read from `app.config` once, in `init_app`: the verifier settings (
 `..._REALM`). Or give `verifier=` (a `TokenVerifier` or `VerifierConfig`) to the extension or to `init_app`.
 
 Refusals: 401 (`WWW-Authenticate: Bearer ...`, RFC 6750) for missing or invalid tokens, 403 for policy
-denials, 503 with `Retry-After` when no keys are available; the body is `{"error", "reason", "message"}`.
+denials, 503 with `Retry-After` when the token cannot be checked now (keys or TokenReview unavailable); the
+body is `{"error", "reason", "message"}`.
 `init_app` registers one error handler, for `AuthError`; override the response with `@auth.error_handler`.
 Tokens are never logged: logs (logger `k8s_jwt_auth.integrations.flask`) show the token's SHA-256 fingerprint.
 """
@@ -372,7 +373,7 @@ def verify_workload_in_request(
     Raises:
         InvalidToken: 401, with the reason (`missing_token`, `malformed`, `expired`, ...).
         PolicyDenied: 403.
-        KeySetUnavailable: 503.
+        ServiceUnavailable: 503 (keys or TokenReview unavailable).
         ConfigurationError: for rules that do not parse, or both `rules` and `policy`.
     """
     return _gate(_state(), _view_policy(rules, policy), optional)
@@ -498,7 +499,7 @@ def get_current_workload(*, load: bool = True) -> WorkloadIdentity | None:
             app's policy. With `False`, only return what a decorator or the enforcing mode stored.
 
     Raises:
-        InvalidToken, PolicyDenied, KeySetUnavailable: with `load`, for a bad token, a denied workload or
+        InvalidToken, PolicyDenied, ServiceUnavailable: with `load`, for a bad token, a denied workload or
             unavailable keys (rendered by the extension's error handler), until the response is built.
     """
     if not load:

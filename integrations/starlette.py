@@ -23,9 +23,9 @@ Scope keys set on `http` and `websocket` connections (never on `lifespan`):
   `namespace:NS`, `serviceaccount:NS:SA`, `audience:AUD`..., and `pod-bound` for pod-bound tokens.
 
 Refusals: 401 (`WWW-Authenticate: Bearer ...`, RFC 6750) for missing or invalid tokens, 403 for
-policy denials, 503 with `Retry-After` when no keys are available; the body is
+policy denials, 503 with `Retry-After` when the token cannot be checked now; the body is
 `{"error", "reason", "message"}`. A refused websocket is closed before it is accepted, with code 1008
-(policy violation), or 1013 (try again later) when keys are unavailable; the close reason is the
+(policy violation), or 1013 (try again later) when keys or TokenReview are unavailable; the close reason is the
 `reason` code. Tokens are never logged: logs (logger `k8s_jwt_auth.integrations.starlette`) show the
 token's SHA-256 fingerprint.
 
@@ -289,7 +289,7 @@ class WorkloadAuthBackend(AuthenticationBackend):
         """Verify the request's bearer token, if it has one.
 
         Raises:
-            WorkloadAuthenticationError: the credentials are bad, keys are unavailable or the policy denies.
+            WorkloadAuthenticationError: the credentials are bad, the token cannot be checked now or the policy denies.
         """
         scope = conn.scope
         outcome = await self.gate.aadmit(header_values(scope, self.options.header_key), optional=True,

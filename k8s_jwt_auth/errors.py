@@ -63,7 +63,7 @@ Reason = Literal[
     "token_revoked",
     # PolicyDenied (403)
     "policy_denied",
-    # KeySetUnavailable (503)
+    # ServiceUnavailable (503): KeySetUnavailable, TokenReviewUnavailable
     "keys_unavailable",
     "review_unavailable",
     # ConfigurationError

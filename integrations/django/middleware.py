@@ -15,10 +15,10 @@ mode, get `request.workload = None` and keep the `request.user` set by `Authenti
 `AnonymousUser` without it). It needs neither sessions nor a database.
 
 Refusals: 401 with `WWW-Authenticate: Bearer ...` (RFC 6750; no error code when the token is missing) for missing,
-malformed or invalid tokens, 403 when the policy (`ALLOW`) denies, 503 with `Retry-After` when no keys are
-available; the JSON body is `{"error", "reason", "message"}`. A dry-run policy logs would-be denials and lets them
-through. Only `AuthError` is caught. Logs (logger `k8s_jwt_auth.integrations.django`) show the token's
-fingerprint, never the token.
+malformed or invalid tokens, 403 when the policy (`ALLOW`) denies, 503 with `Retry-After` when the token cannot be
+checked now (keys or TokenReview unavailable); the JSON body is `{"error", "reason", "message"}`. A dry-run policy
+logs would-be denials and lets them through. Only `AuthError` is caught. Logs (logger
+`k8s_jwt_auth.integrations.django`) show the token's fingerprint, never the token.
 """
 
 from __future__ import annotations

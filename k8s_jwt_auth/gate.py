@@ -86,6 +86,7 @@ class Outcome:
 
 
 _ANONYMOUS: Final = Outcome()
+_DECIDED_MAX: Final = 1024  # cached policy decisions per gate (distinct callers seen recently)
 
 
 def bearer_credentials(credentials: Credentials) -> str | None:
@@ -95,10 +96,25 @@ def bearer_credentials(credentials: Credentials) -> str | None:
         InvalidToken: `malformed` (not `Bearer <token>`, or the header is repeated), `too_large`.
     """
     if credentials is None or isinstance(credentials, (str, bytes)):
-        return bearer_token(credentials)
+        return _bearer(credentials)
     if len(credentials) > 1:
         raise InvalidToken("the request has more than one credentials header", reason="malformed")
-    return bearer_token(credentials[0]) if credentials else None
+    return _bearer(credentials[0]) if credentials else None
+
+
+def _bearer(value: str | bytes | None) -> str | None:
+    """`bearer_token`, with a fast path for the usual `Bearer <token>` (same answers: the token has no whitespace
+    at either end nor a space or tab inside, so `bearer_token`'s strip/partition/checks would give it unchanged)."""
+    if type(value) is bytes:
+        value = value.decode("latin-1")
+    if type(value) is str and value.startswith("Bearer ") and len(value) <= _FAST_MAX:
+        token = value[7:]
+        if token and not token[0].isspace() and not token[-1].isspace() and " " not in token and "\t" not in token:
+            return token
+    return bearer_token(value)
+
+
+_FAST_MAX = 64 * 1024  # bearer_token refuses longer values (too_large): those take its path
 
 
 class Gate:
@@ -112,13 +128,17 @@ class Gate:
         logger: the adapter's logger (one line per decision, the token's fingerprint only).
     """
 
-    __slots__ = ("logger", "policy", "verifier")
+    __slots__ = ("_decided", "logger", "policy", "verifier")
 
     def __init__(self, verifier: TokenVerifier, *, policy: Policy | None = None,
                  logger: logging.Logger | None = None) -> None:
         self.verifier = verifier
         self.policy = policy if policy is not None else verifier.policy
         self.logger = logger if logger is not None else _LOGGER
+        # (id(workload), id(policy)) -> (workload, policy, admitted outcome): policies and identities are
+        # immutable, and a cached token verifies to the same identity object, so a repeated caller skips the
+        # policy evaluation. Entries hold their workload and policy (no id is reused while cached); bounded.
+        self._decided: dict[tuple[int, int], tuple[WorkloadIdentity, Policy, Outcome]] = {}
 
     def __repr__(self) -> str:
         return f"Gate(policy={self.policy!r}, logger={self.logger.name!r})"
@@ -145,13 +165,12 @@ class Gate:
             token = bearer_credentials(credentials)
             if token is None:
                 return self._anonymous(optional)
-            workload = self.verifier.verify(token)
-            decision = self._decide(workload, policy)
+            outcome = self._decide(self.verifier.verify(token), policy)
             if check is not None:
-                check(workload)
+                check(outcome.workload)  # type: ignore[arg-type]  # an admitted outcome has its workload
         except AuthError as exc:
             return self._refused(exc, token, path, method, transport)
-        return self._admitted(workload, decision, policy, path, method, transport)
+        return self._admitted(outcome, policy, path, method, transport)
 
     async def aadmit(self, credentials: Credentials, *, policy: Policy | None = None, optional: bool = False,
                      path: str = "", method: str | None = None, transport: str = "http",
@@ -162,13 +181,12 @@ class Gate:
             token = bearer_credentials(credentials)
             if token is None:
                 return self._anonymous(optional)
-            workload = await self.verifier.verify_async(token)
-            decision = self._decide(workload, policy)
+            outcome = self._decide(await self.verifier.verify_async(token), policy)
             if check is not None:
-                await check(workload)
+                await check(outcome.workload)  # type: ignore[arg-type]  # an admitted outcome has its workload
         except AuthError as exc:
             return self._refused(exc, token, path, method, transport)
-        return self._admitted(workload, decision, policy, path, method, transport)
+        return self._admitted(outcome, policy, path, method, transport)
 
     def authorize(self, workload: WorkloadIdentity, *, policy: Policy | None = None, path: str = "",
                   method: str | None = None, transport: str = "http") -> Outcome:
@@ -178,10 +196,10 @@ class Gate:
             The outcome, with `workload` when allowed.
         """
         try:
-            decision = self._decide(workload, policy)
+            outcome = self._decide(workload, policy)
         except AuthError as exc:
             return self._refused(exc, None, path, method, transport)
-        return self._admitted(workload, decision, policy, path, method, transport)
+        return self._admitted(outcome, policy, path, method, transport)
 
     def refuse(self, error: AuthError, *, path: str = "", method: str | None = None,
                transport: str = "http") -> Outcome:
@@ -196,28 +214,39 @@ class Gate:
             raise missing_token()
         return _ANONYMOUS
 
-    def _decide(self, workload: WorkloadIdentity, policy: Policy | None) -> Decision | None:
-        """Apply the policy; a dry-run policy logs a would-be denial instead of refusing.
+    def _decide(self, workload: WorkloadIdentity, policy: Policy | None) -> Outcome:
+        """Apply the policy: the admitted outcome; a dry-run policy logs a would-be denial instead of refusing.
 
         Raises:
             PolicyDenied: the policy denies the workload and is not in dry-run mode.
         """
         chosen = self.policy if policy is None else policy
+        key = (id(workload), id(chosen))
+        hit = self._decided.get(key)
+        if hit is not None and hit[0] is workload and hit[1] is chosen:
+            return hit[2]
         if chosen.is_open:
-            return None
-        decision = chosen.enforce(workload)
-        if not decision.allowed:
-            self.logger.warning("policy dry run: %s would be %s (token %s)", workload.username,
-                                decision.explanation, workload.token_fingerprint or "-")
-        return decision
+            outcome = Outcome(workload)
+        else:
+            decision = chosen.enforce(workload)
+            outcome = Outcome(workload, None, decision)
+            if not decision.allowed:  # dry run: logged on every request, never cached
+                self.logger.warning("policy dry run: %s would be %s (token %s)", workload.username,
+                                    decision.explanation, workload.token_fingerprint or "-")
+                return outcome
+        if len(self._decided) >= _DECIDED_MAX:
+            self._decided.clear()
+        self._decided[key] = (workload, chosen, outcome)
+        return outcome
 
-    def _admitted(self, workload: WorkloadIdentity, decision: Decision | None, policy: Policy | None, path: str,
-                  method: str | None, transport: str) -> Outcome:
+    def _admitted(self, outcome: Outcome, policy: Policy | None, path: str, method: str | None,
+                  transport: str) -> Outcome:
         if policy is not AUTHENTICATE_ONLY:
+            workload: WorkloadIdentity = outcome.workload  # type: ignore[assignment]  # admitted: not None
             if self.logger.isEnabledFor(logging.DEBUG):
                 self.logger.debug("authenticated %s (token %s)", workload.username, workload.token_fingerprint)
-            audit_allowed(workload, decision, path=path, method=method, transport=transport)
-        return Outcome(workload, None, decision)
+            audit_allowed(workload, outcome.decision, path=path, method=method, transport=transport)
+        return outcome
 
     def _refused(self, exc: AuthError, token: str | None, path: str, method: str | None,
                  transport: str) -> Outcome:

@@ -44,6 +44,23 @@ def auth_scopes(workload: WorkloadIdentity) -> tuple[str, ...]:
     `authenticated`, `workload`, `namespace:<ns>`, `serviceaccount:<ns>:<sa>`, one `audience:<aud>` per
     audience, and `pod-bound` for tokens bound to a pod.
     """
+    # A cached token verifies to the same (immutable) identity object: its scopes are built once. An entry holds
+    # its workload, so its id is not reused while cached; bounded, thread-safe (single dict operations).
+    hit = _SCOPES.get(id(workload))
+    if hit is not None and hit[0] is workload:
+        return hit[1]
+    scopes = _build_scopes(workload)
+    if len(_SCOPES) >= _SCOPES_MAX:
+        _SCOPES.clear()
+    _SCOPES[id(workload)] = (workload, scopes)
+    return scopes
+
+
+_SCOPES: dict[int, tuple[WorkloadIdentity, tuple[str, ...]]] = {}
+_SCOPES_MAX = 1024
+
+
+def _build_scopes(workload: WorkloadIdentity) -> tuple[str, ...]:
     ns, sa = workload.namespace, workload.service_account
     scopes = ["authenticated", "workload", f"namespace:{ns}", f"serviceaccount:{ns}:{sa}"]
     scopes.extend(f"audience:{aud}" for aud in workload.audiences)

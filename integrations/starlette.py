@@ -197,7 +197,8 @@ class K8sJWTAuthMiddleware:
         self._types = frozenset({"http", "websocket"} if websocket else {"http"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in self._types:
+        kind = scope["type"]
+        if kind not in self._types:
             await self.app(scope, receive, send)
             return
         if self._exempt and self._exempt(route_path(scope)):
@@ -205,15 +206,15 @@ class K8sJWTAuthMiddleware:
             await self.app(scope, receive, send)
             return
         outcome = await self.gate.aadmit(header_values(scope, self._key), optional=self.optional,
-                                         path=scope.get("path", ""), method=scope.get("method"),
-                                         transport=scope["type"])
-        if outcome.error is not None:
+                                         path=scope.get("path", ""), method=scope.get("method"), transport=kind)
+        workload = outcome.workload
+        if workload is not None:
+            scope["auth"], scope["user"] = AuthCredentials(auth_scopes(workload)), WorkloadUser(workload, self.gate)
+        elif outcome.error is not None:
             await self._reject(scope, receive, send, outcome.error)
             return
-        if outcome.workload is None:
-            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
         else:
-            scope["auth"], scope["user"] = credentials_for(outcome.workload, self.gate)
+            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
         await self.app(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, exc: AuthError) -> None:

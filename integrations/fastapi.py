@@ -223,31 +223,48 @@ def _has_own_rules(dependant: Any, depth: int) -> bool:
     return depth < 32 and any(_has_own_rules(sub, depth + 1) for sub in getattr(dependant, "dependencies", ()))
 
 
-class _BearerScheme(HTTPBearer):
-    """The OpenAPI Bearer scheme, as a dependency that also resolves on websocket routes.
+class _BearerGuard(HTTPBearer):
+    """A `require_workload(...)` dependency reading `Authorization`: the guard and the OpenAPI Bearer scheme in one.
 
-    FastAPI before 0.144 calls its security schemes with a `Request`, which a websocket route does not have
-    (`TypeError: HTTPBearer.__call__() missing 1 required positional argument: 'request'`). The guard reads the
-    header itself, so the scheme is only there for the schema: it asks FastAPI for nothing and reads nothing.
+    Being the security scheme itself (not a dependency with the scheme as a sub-dependency) saves FastAPI one level
+    of dependency resolution per request. FastAPI calls it with the connection (`HTTPConnection`, so websocket routes
+    resolve it too: FastAPI before 0.144 called `HTTPBearer.__call__` with a `Request`, which they do not have).
     """
 
-    async def __call__(self) -> None:  # type: ignore[override]
-        return None
+    def __init__(self, guard: _Guard, **scheme: Any) -> None:
+        super().__init__(**scheme)
+        self.guard = guard
+        setattr(self, _GUARD_ATTR, guard)  # found in a route's dependencies by _route_has_own_rules
+
+    async def __call__(self, conn: HTTPConnection) -> WorkloadIdentity | None:  # type: ignore[override]
+        return await self.guard(conn)
 
 
-class _HeaderScheme(APIKeyHeader):
-    """Like `_BearerScheme`, for a header other than `Authorization`."""
+class _HeaderGuard(APIKeyHeader):
+    """Like `_BearerGuard`, for a header other than `Authorization` (an API-key header scheme in OpenAPI)."""
 
-    async def __call__(self) -> None:  # type: ignore[override]
-        return None
+    def __init__(self, guard: _Guard, **scheme: Any) -> None:
+        super().__init__(**scheme)
+        self.guard = guard
+        setattr(self, _GUARD_ATTR, guard)
+
+    async def __call__(self, conn: HTTPConnection) -> WorkloadIdentity | None:  # type: ignore[override]
+        return await self.guard(conn)
 
 
-def _scheme(header: str) -> HTTPBearer | APIKeyHeader:
+# FastAPI resolves string annotations in the callable's module globals, which an instance does not have: give
+# `__call__` its real annotations (this module postpones them).
+for _cls in (_BearerGuard, _HeaderGuard):
+    _cls.__call__.__annotations__ = {"conn": HTTPConnection, "return": WorkloadIdentity | None}
+del _cls
+
+
+def _dependency(guard: _Guard, header: str) -> _BearerGuard | _HeaderGuard:
     if header.lower() == "authorization":
-        return _BearerScheme(auto_error=False, bearerFormat="JWT", scheme_name=SCHEME_NAME,
-                             description=_SCHEME_DESCRIPTION)
-    return _HeaderScheme(name=header, auto_error=False, scheme_name=SCHEME_NAME,
-                         description=f"`{header}: Bearer <token>` with a Kubernetes service-account token.")
+        return _BearerGuard(guard, auto_error=False, bearerFormat="JWT", scheme_name=SCHEME_NAME,
+                            description=_SCHEME_DESCRIPTION)
+    return _HeaderGuard(guard, name=header, auto_error=False, scheme_name=SCHEME_NAME,
+                        description=f"`{header}: Bearer <token>` with a Kubernetes service-account token.")
 
 
 def require_workload(
@@ -279,7 +296,8 @@ def require_workload(
     rules, never the service policy over them.
 
     Returns:
-        The dependency callable; it registers an HTTP Bearer security scheme in the OpenAPI schema.
+        The dependency (an async callable); it is also the route's HTTP Bearer security scheme in the OpenAPI
+        schema (an API-key header scheme for another `header`).
 
     Raises:
         ConfigurationError: for rules that do not parse, or both `rules` and `policy`.
@@ -290,16 +308,7 @@ def require_workload(
     guard = _Guard(policy=Policy(rules) if rules else policy,
                    verifier=None if verifier is None else build_verifier(verifier),
                    optional=options.optional, header=options.header_key, realm=options.realm)
-    scheme = _scheme(options.header)
-
-    # A default, not Annotated[...]: annotations are strings here, resolved in module globals, not this closure.
-    async def workload_dependency(conn: HTTPConnection,
-                                  _credentials: Any = Depends(scheme)) -> WorkloadIdentity | None:  # noqa: B008
-        return await guard(conn)
-
-    setattr(workload_dependency, _GUARD_ATTR, guard)  # found in a route's dependencies by _route_has_own_rules
-
-    return workload_dependency
+    return _dependency(guard, options.header)
 
 
 Workload = Annotated[WorkloadIdentity, Depends(require_workload())]

@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 try:
-    from flask import Flask, Response, after_this_request, current_app, g, has_app_context, has_request_context
+    from flask import Flask, Request, Response, after_this_request, current_app, g, has_app_context, has_request_context
     from flask import request as flask_request
     from flask.signals import request_started
     from flask.testing import FlaskClient
@@ -270,8 +270,8 @@ def _setting(config: Mapping[str, Any], suffix: str, parse: Callable[[Any], _T])
         raise ConfigurationError(f"{key}: {message}", setting=suffix) from exc
 
 
-def _state() -> K8sJWTAuthState:
-    state = current_app.extensions.get(EXTENSION_KEY)
+def _state(app: Flask | None = None) -> K8sJWTAuthState:
+    state = (current_app if app is None else app).extensions.get(EXTENSION_KEY)
     if not isinstance(state, K8sJWTAuthState):
         raise RuntimeError("K8sJWTAuth is not initialised on this app: call K8sJWTAuth(app) or auth.init_app(app)")
     return state
@@ -297,8 +297,9 @@ class _RequestAuth:
         self.admitted_by: Policy | None = None  # the rules of the last gate passed (audited once per policy)
 
 
-def _record() -> _RequestAuth:
-    current = flask_request._get_current_object()  # type: ignore[attr-defined]
+def _record(current: Request | None = None) -> _RequestAuth:
+    if current is None:
+        current = _current_request()
     record = g.get(_G_KEY)
     if not isinstance(record, _RequestAuth) or record.request is not current:
         record = _RequestAuth(current)
@@ -306,15 +307,34 @@ def _record() -> _RequestAuth:
     return record
 
 
-def _gate(state: K8sJWTAuthState, policy: Policy | None, optional: bool) -> WorkloadIdentity | None:
+def _current_request() -> Request:
+    """The request object behind the `request` proxy: read once, then its attributes cost no proxy hop each."""
+    current: Request = flask_request._get_current_object()  # type: ignore[attr-defined]
+    return current
+
+
+def _credentials(request: Request, options: AdapterOptions) -> str | list[str] | None:
+    """The credentials header's value(s), as `request.headers.getlist(options.header)` finds them."""
+    if options.meta_key in _ENVIRON_SPECIAL:  # werkzeug maps Content-Type/-Length without HTTP_
+        return request.headers.getlist(options.header)
+    return request.environ.get(options.meta_key)  # a WSGI server joins a repeated header into one value
+
+
+_ENVIRON_SPECIAL = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+
+
+def _gate(state: K8sJWTAuthState, policy: Policy | None, optional: bool,
+          request: Request | None = None) -> WorkloadIdentity | None:
     """Pass the request through one gate: `policy` (the enforcing layer gives the service policy), or `None` for a
     route-layer gate without rules (the service policy, unless the view's `@workload_required` has rules).
 
     The first gate of a request verifies the token; later ones reuse the workload and only apply rules of their
     own (docs/policy-model.md). The refusal is recorded on the request and raised (rendered by the error handler).
     """
-    record = _record()
-    path, method = flask_request.path, flask_request.method
+    if request is None:
+        request = _current_request()
+    record = _record(request)
+    path, method = request.path, request.method
     if record.workload is not None:  # verified by an earlier gate of this request
         if policy is None or policy is record.admitted_by:
             return record.workload
@@ -323,8 +343,8 @@ def _gate(state: K8sJWTAuthState, policy: Policy | None, optional: bool) -> Work
         chosen = policy
         if chosen is None and _view_rules() is not None:
             chosen = AUTHENTICATE_ONLY  # the view's @workload_required rules decide, not the service policy
-        outcome = state.gate.admit(flask_request.headers.getlist(state.options.header), policy=chosen,
-                                   optional=optional, path=path, method=method)
+        outcome = state.gate.admit(_credentials(request, state.options), policy=chosen, optional=optional,
+                                   path=path, method=method)
     if outcome.error is not None:
         record.error = outcome.error
         raise outcome.error
@@ -429,13 +449,12 @@ def workload_exempt(view: _ViewT) -> _ViewT:
     return view
 
 
-def _is_exempt(state: K8sJWTAuthState) -> bool:
-    endpoint = flask_request.endpoint
+def _is_exempt(state: K8sJWTAuthState, request: Request, view: object) -> bool:
+    endpoint = request.endpoint
     if endpoint is not None and endpoint in state.exempt_endpoints:
         return True
-    if state.exempt_paths and state.exempt_paths(flask_request.path):
+    if state.exempt_paths and state.exempt_paths(request.path):
         return True
-    view = current_app.view_functions.get(endpoint) if endpoint is not None else None
     return bool(getattr(view, _EXEMPT_ATTR, False))
 
 
@@ -454,12 +473,15 @@ def _wrong_order(endpoints: list[str]) -> ConfigurationError:
 def _enforce() -> None:
     """The `before_request` hook: refuse a route registered without its @workload_required, then the enforcing
     mode."""
-    endpoint = flask_request.endpoint
-    if endpoint is not None and current_app.view_functions.get(endpoint) in _GUARDED_VIEWS:
-        raise _wrong_order([endpoint])  # fail closed: never serve it unauthenticated
-    state = _state()
-    if state.enforce and not _is_exempt(state):
-        _gate(state, state.policy, state.optional)  # the enforcing layer: always the service policy
+    request = _current_request()
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    endpoint = request.endpoint
+    view = app.view_functions.get(endpoint) if endpoint is not None else None
+    if view is not None and view in _GUARDED_VIEWS:
+        raise _wrong_order([endpoint])  # type: ignore[list-item]  # fail closed: never serve it unauthenticated
+    state = _state(app)
+    if state.enforce and not _is_exempt(state, request, view):
+        _gate(state, state.policy, state.optional, request)  # the enforcing layer: always the service policy
 
 
 def _on_request_started(sender: Flask, **extra: object) -> None:

@@ -21,7 +21,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
-from k8s_jwt_auth.http import missing_token
 from k8s_jwt_auth.integrations.starlette import (
     K8sJWTAuthMiddleware,
     WorkloadAuthBackend,
@@ -104,30 +103,6 @@ def test_unbound_token_has_no_pod_bound_scope(client: TestClient, issuer: FakeIs
     assert "pod-bound" not in response.json()["scopes"]
 
 
-def test_missing_token_is_401_with_a_bare_bearer_challenge(client: TestClient) -> None:
-    response = client.get("/whoami")
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"] == "Bearer"
-    assert response.headers["content-type"] == "application/json"
-    assert response.json() == missing_token().to_dict()
-
-
-@pytest.mark.parametrize("case", ["expired", "tampered", "wrong_audience", "foreign_key", "garbage"])
-def test_invalid_tokens_are_401_invalid_token(client: TestClient, issuer: FakeIssuer, case: str) -> None:
-    token, reason = bad_tokens(issuer)[case]
-    response = client.get("/whoami", headers=bearer(token))
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token", error_description="')
-    body = response.json()
-    assert set(body) == {"error", "reason", "message"}
-    assert (body["error"], body["reason"]) == ("invalid_token", reason)
-
-
-def test_realm_is_in_the_challenge(verifier: TokenVerifier) -> None:
-    with client_for(verifier, realm="payments-api") as client:
-        assert client.get("/whoami").headers["www-authenticate"] == 'Bearer realm="payments-api"'
-
-
 def test_policy_denial_is_403(verifier: TokenVerifier, issuer: FakeIssuer) -> None:
     with client_for(verifier, policy=Policy.parse("payments/*,!payments/batch")) as client:
         allowed = client.get("/whoami", headers=bearer(issuer.mint("payments", "worker")))
@@ -155,27 +130,6 @@ def test_dry_run_policy_logs_and_lets_the_request_through(verifier: TokenVerifie
     assert response.status_code == 200
     assert [r.levelno for r in caplog.records if r.name == LOGGER] == [logging.WARNING]
     assert "system:serviceaccount:kube-system:admin" in caplog.text
-
-
-def test_keys_unavailable_is_503_with_retry_after(issuer: FakeIssuer) -> None:
-    config = VerifierConfig(issuer=issuer.issuer, audiences=["test"], jwks=issuer.jwks())
-    with client_for(TokenVerifier(config, keys=UnavailableKeys())) as client:
-        response = client.get("/whoami", headers=bearer(issuer.mint()))
-    assert response.status_code == 503
-    assert response.headers["retry-after"] == "7"
-    assert "www-authenticate" not in response.headers
-    assert response.json()["error"] == "temporarily_unavailable"
-    assert response.json()["reason"] == "keys_unavailable"
-
-
-def test_failing_issuer_is_503_with_retry_after(issuer: FakeIssuer) -> None:
-    issuer.fail("error")
-    remote = TokenVerifier(VerifierConfig(issuer=issuer.issuer, audiences=["test"]))
-    with client_for(remote) as client:
-        response = client.get("/whoami", headers=bearer(issuer.mint()))
-    assert response.status_code == 503
-    assert int(response.headers["retry-after"]) >= 1
-    assert response.json()["reason"] == "keys_unavailable"
 
 
 def test_remote_keys_from_the_fake_issuer(issuer: FakeIssuer) -> None:
@@ -218,14 +172,6 @@ def test_optional_mode(verifier: TokenVerifier, issuer: FakeIssuer) -> None:
     assert bad.status_code == 401
     assert bad.json()["reason"] == "malformed"
     assert good.json()["authenticated"] is True
-
-
-def test_custom_header(verifier: TokenVerifier, issuer: FakeIssuer) -> None:
-    token = issuer.mint("payments", "worker")
-    with client_for(verifier, header="X-Forwarded-Authorization") as client:
-        assert client.get("/whoami", headers=bearer(token)).status_code == 401
-        response = client.get("/whoami", headers={"X-Forwarded-Authorization": f"Bearer {token}"})
-    assert response.status_code == 200
 
 
 def test_lifespan_runs_through_the_middleware(client: TestClient, issuer: FakeIssuer) -> None:
@@ -291,13 +237,6 @@ def test_malformed_authorization_headers_are_4xx(client: TestClient, name: str) 
     response = client.get("/whoami", headers=[(b"authorization", MALFORMED_HEADERS[name])])
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
-
-
-def test_a_repeated_authorization_header_is_malformed(client: TestClient, issuer: FakeIssuer) -> None:
-    token = issuer.mint()
-    response = client.get("/whoami", headers=[("Authorization", f"Bearer {token}"), ("Authorization", "Bearer x")])
-    assert response.status_code == 401
-    assert response.json()["reason"] == "malformed"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

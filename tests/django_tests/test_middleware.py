@@ -70,40 +70,12 @@ async def test_sync_view_under_asgi(configure: Configure, issuer: FakeIssuer) ->
 # -- refusals --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/whoami", "/async/whoami", "/no-such-page"])
+@pytest.mark.parametrize("path", ["/async/whoami", "/no-such-page"])  # /whoami: tests/django_tests/test_contract.py
 def test_missing_token_is_401_with_a_bare_challenge(client: Client, configure: Configure, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == "Bearer"
     assert error_body(response)["reason"] == "missing_token"
-
-
-@pytest.mark.anyio
-async def test_missing_token_is_401_under_asgi(configure: Configure) -> None:
-    response = await aget("/async/whoami")
-    assert response.status_code == 401
-    assert response["WWW-Authenticate"] == "Bearer"
-    assert error_body(response)["reason"] == "missing_token"
-
-
-@pytest.mark.parametrize("case", ["expired", "tampered", "wrong_audience", "foreign_key", "garbage"])
-def test_bad_tokens_are_401_with_their_reason(client: Client, configure: Configure, issuer: FakeIssuer,
-                                              case: str) -> None:
-    token, reason = bad_tokens(issuer)[case]
-    response = client.get("/whoami", headers=bearer(token))
-    assert response.status_code == 401
-    assert response["WWW-Authenticate"].startswith('Bearer error="invalid_token", error_description="')
-    body = error_body(response)
-    assert (body["error"], body["reason"]) == ("invalid_token", reason)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("case", ["expired", "tampered", "foreign_key"])
-async def test_bad_tokens_are_401_under_asgi(configure: Configure, issuer: FakeIssuer, case: str) -> None:
-    token, reason = bad_tokens(issuer)[case]
-    response = await aget("/async/whoami", **bearer(token))
-    assert response.status_code == 401
-    assert error_body(response)["reason"] == reason
 
 
 @pytest.mark.parametrize(("namespace", "service_account"), [("payments", "batch"), ("kube-system", "admin")])
@@ -119,28 +91,6 @@ def test_policy_denial_is_403(client: Client, configure: Configure, issuer: Fake
 def test_policy_allows_matching_workloads(client: Client, configure: Configure, issuer: FakeIssuer) -> None:
     configure(ALLOW="payments/*, !payments/batch")
     assert client.get("/whoami", headers=bearer(issuer.mint("payments", "worker"))).status_code == 200
-
-
-def test_unavailable_keys_are_503_with_retry_after(client: Client, configure: Configure,
-                                                   issuer: FakeIssuer) -> None:
-    configure(JWKS_FILE=None)  # keys by discovery from the fake issuer
-    issuer.fail("error")
-    response = client.get("/whoami", headers=bearer(issuer.mint("payments", "worker")))
-    assert response.status_code == 503
-    assert int(response["Retry-After"]) >= 1
-    assert "WWW-Authenticate" not in response
-    assert error_body(response)["reason"] == "keys_unavailable"
-    assert client.get("/healthz").status_code == 200
-
-
-@pytest.mark.anyio
-async def test_unavailable_keys_are_503_under_asgi(configure: Configure, issuer: FakeIssuer) -> None:
-    configure(JWKS_FILE=None)
-    issuer.fail("error")
-    response = await aget("/async/whoami", **bearer(issuer.mint("payments", "worker")))
-    assert response.status_code == 503
-    assert int(response["Retry-After"]) >= 1
-    assert error_body(response)["reason"] == "keys_unavailable"
 
 
 def test_discovery_keys_work_once_the_issuer_answers(client: Client, configure: Configure,
@@ -165,14 +115,6 @@ async def test_malformed_authorization_headers_are_401_under_asgi(configure: Con
     response = await aget("/async/whoami", Authorization=MALFORMED_HEADERS[name].decode("latin-1"))
     assert response.status_code == 401
     assert error_body(response)["reason"] == reason
-
-
-def test_repeated_authorization_headers_are_401(client: Client, configure: Configure, issuer: FakeIssuer) -> None:
-    # Django joins repeated headers with "," (WSGI servers and ASGIRequest alike)
-    token = issuer.mint("payments", "worker")
-    response = client.get("/whoami", HTTP_AUTHORIZATION=f"Bearer {token},Bearer {token}")
-    assert response.status_code == 401
-    assert error_body(response)["reason"] == "malformed"
 
 
 # -- modes -----------------------------------------------------------------------------------------
@@ -217,15 +159,6 @@ def test_dry_run_logs_denials_without_enforcing(client: Client, configure: Confi
     assert response.status_code == 200
     assert "policy dry run: system:serviceaccount:kube-system:admin would be denied" in caplog.text
     assert token not in caplog.text
-
-
-def test_custom_header_and_realm(client: Client, configure: Configure, issuer: FakeIssuer) -> None:
-    configure(HEADER="X-Forwarded-Authorization", REALM="payments")
-    token = issuer.mint("payments", "worker")
-    assert client.get("/whoami", headers={"X-Forwarded-Authorization": f"Bearer {token}"}).status_code == 200
-    ignored = client.get("/whoami", headers=bearer(token))
-    assert ignored.status_code == 401
-    assert ignored["WWW-Authenticate"] == 'Bearer realm="payments"'
 
 
 def test_works_after_authentication_middleware_and_keeps_session_users_on_exempt_paths(

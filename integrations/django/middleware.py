@@ -41,7 +41,7 @@ from k8s_jwt_auth.gate import Outcome, refuse
 from k8s_jwt_auth.http import bearer_token, error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .backends import configured_backend
+from .backends import K8sJWTAuthBackend, WorkloadUser, configured_backend
 from .conf import LoadedSettings, get_settings, logger, sensitive_token
 
 __all__ = ["K8sJWTAuthMiddleware", "aadmit", "admit", "auth_error_response", "log_admitted", "log_refusal",
@@ -95,15 +95,26 @@ def _attach(request: HttpRequest, workload: WorkloadIdentity, user: Any) -> None
     request.workload = workload
 
 
-@sensitive_token
-def admit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy | None = None,
-          optional: bool = False) -> Outcome:
+def _user_for(request: HttpRequest, conf: LoadedSettings, workload: WorkloadIdentity) -> Any:
+    """`configured_backend(conf).user_for_workload(request, workload)`; without `MAP_TO_USERS` and with the default
+    method, its answer (a `WorkloadUser`) without looking the settings up again."""
+    backend = configured_backend(conf)
+    if not conf.map_to_users and type(backend).user_for_workload is _DEFAULT_USER_FOR:
+        return WorkloadUser(workload)
+    return backend.user_for_workload(request, workload)
+
+
+_DEFAULT_USER_FOR = K8sJWTAuthBackend.user_for_workload
+
+
+def _admit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy | None = None,
+           optional: bool = False) -> Outcome:
     """Pass a request through the gate (sync); on success `request.workload` and `request.user` are set.
 
     The one place every sync Django adapter (middleware, decorators, DRF) verifies a request.
     """
     def check(workload: WorkloadIdentity) -> None:
-        _attach(request, workload, configured_backend(conf).user_for_workload(request, workload))
+        _attach(request, workload, _user_for(request, conf, workload))
 
     return conf.gate.admit(request.META.get(conf.options.meta_key), policy=policy, optional=optional,
                            path=request.path, method=request.method, check=check)
@@ -118,6 +129,9 @@ async def aadmit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy |
 
     return await conf.gate.aadmit(request.META.get(conf.options.meta_key), policy=policy, optional=optional,
                                   path=request.path, method=request.method, check=check)
+
+
+admit = sensitive_token(_admit)  # the middleware, already under @sensitive_token, calls _admit (same variables)
 
 
 class K8sJWTAuthMiddleware:
@@ -150,7 +164,7 @@ class K8sJWTAuthMiddleware:
         conf = self.settings.loaded
         if self._exempt(request, conf):
             return self.get_response(request)
-        refusal = self._respond(request, conf, admit(request, conf, optional=conf.options.optional))
+        refusal = self._respond(request, conf, _admit(request, conf, optional=conf.options.optional))
         return refusal if refusal is not None else self.get_response(request)
 
     @sensitive_token

@@ -254,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement (default 0.08)")
     parser.add_argument("--profile", choices=FRAMEWORKS, help="profile one framework's app instead")
     parser.add_argument("--mode", choices=MODES, default="ours", help="the mode --profile profiles")
+    parser.add_argument("--top", type=int, default=25, help="functions --profile shows")
     args = parser.parse_args(argv)
     bench = Bench.generate()
     if args.profile:
-        profile(bench, args.profile, args.mode, 2000 if args.quick else 20000, 25)
+        profile(bench, args.profile, args.mode, 2000 if args.quick else 20000, args.top)
         return 0
     rounds = args.rounds or (1 if args.quick else 25)
     seconds = args.seconds or (0.02 if args.quick else 0.08)

@@ -39,7 +39,7 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 | `CACHE_SECRET` | `cache_secret` | secret (>= 32 characters) that authenticates shared-cache entries |
 | `REDIS_PREFIX` | `redis_prefix` | key prefix in Redis (default `k8s-jwt-auth:`) |
 | `REDIS_TIMEOUT` | `redis_timeout` | seconds a Redis call may take before it is skipped |
-| `REDIS_SHARE_TOKENS` | `redis_share_tokens` | bool: share verified tokens too, not only key sets and reviews |
+| `REDIS_SHARE_TOKENS` | `redis_share_tokens` | bool: share verified tokens too, not only key sets and reviews (off) |
 | `SHARED_KEYS_MAX_AGE` | `shared_keys_max_age` | seconds: a key set in Redis older than this is not taken |
 """
 
@@ -127,7 +127,7 @@ class VerifierConfig:
     cache_secret: str | None = field(default=None, repr=False)
     redis_prefix: str = "k8s-jwt-auth:"
     redis_timeout: float = 0.1
-    redis_share_tokens: bool = True
+    redis_share_tokens: bool = False
     shared_keys_max_age: float = 60.0
 
     def __post_init__(self) -> None:

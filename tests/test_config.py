@@ -244,12 +244,14 @@ def test_from_env_reads_the_tokenreview_cluster_and_redis_settings() -> None:
         "K8S_JWT_AUTH_TOKENREVIEW_CACHE_TTL": "2.5", "K8S_JWT_AUTH_TOKENREVIEW_FALLBACK": "yes",
         "K8S_JWT_AUTH_REDIS_URL": "redis://:pw@redis.cache:6379/2", "K8S_JWT_AUTH_CACHE_SECRET": SECRET,
         "K8S_JWT_AUTH_REDIS_PREFIX": "staging:", "K8S_JWT_AUTH_REDIS_TIMEOUT": "0.05",
+        "K8S_JWT_AUTH_REDIS_SHARE_TOKENS": "true",
     })
     assert config.cluster == "prod-eu"
     assert (config.tokenreview, config.tokenreview_url, config.tokenreview_cache_ttl, config.tokenreview_fallback) \
         == (True, "https://10.0.0.1:6443", 2.5, True)
     assert (config.redis_url, config.cache_secret, config.redis_prefix, config.redis_timeout) \
         == ("redis://:pw@redis.cache:6379/2", SECRET, "staging:", 0.05)
+    assert config.redis_share_tokens is True
     # the Redis password and the cache secret never show
     assert "pw@" not in repr(config) and SECRET not in repr(config)
 
@@ -260,6 +262,7 @@ def test_defaults_of_the_tokenreview_and_redis_settings() -> None:
     assert (config.tokenreview_cache_ttl, config.tokenreview_fallback) == (5.0, False)
     assert (config.redis_url, config.cache_secret, config.redis_prefix, config.redis_timeout) \
         == (None, None, "k8s-jwt-auth:", 0.1)
+    assert (config.redis_share_tokens, config.shared_keys_max_age) == (False, 60.0)  # verified tokens: opt in (#16)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """Replicas sharing one real redis-server: one JWKS fetch per refresh, verified tokens shared, Redis failures.
 
+Verified tokens are shared only with `redis_share_tokens=True` (off by default: a Redis round trip costs more
+than verifying RS256 or ES256 locally); the tests about them turn it on (`SHARE`).
+
 The issuer is the session's `FakeIssuer` (fetch counts come from the server); each "replica" is its own
 `RemoteKeySource`/`TokenVerifier` with its own `RedisCache`, in threads, tasks or spawned processes.
 """
@@ -23,6 +26,7 @@ import anyio
 import pytest
 
 from k8s_jwt_auth import InvalidToken, TokenVerifier, VerifierConfig
+from k8s_jwt_auth._cache import KEY_RECHECK
 from k8s_jwt_auth._jwks_fetch import FetchResult, JwksFetcher
 from k8s_jwt_auth._remote import RemoteKeySource
 from k8s_jwt_auth._shared_fetch import SharedJwksFetcher
@@ -39,6 +43,7 @@ SECRET = "0123456789abcdef" * 4
 # These tests are about what replicas share, not about time limits (test_redis_cache.py has those): a generous
 # deadline, so that a loaded machine (8 threads, spawned processes) does not trip the breaker mid-test.
 TIMEOUT = 2.0
+SHARE = {"redis_share_tokens": True}  # verified-token entries ("v"), off by default
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -437,11 +442,11 @@ def test_key_source_from_config_passes_the_store(issuer: FakeIssuer, caches: Cal
 def replicas(issuer: FakeIssuer, redis_server: RedisServer) -> Iterator[Callable[..., TokenVerifier]]:
     made: list[TokenVerifier] = []
 
-    def factory(shared: RedisCache | None = None, **overrides: Any) -> TokenVerifier:
+    def factory(shared: RedisCache | None = None, clock: FakeClock | None = None, **overrides: Any) -> TokenVerifier:
         settings: dict[str, Any] = {"issuer": issuer.issuer, "audiences": ["test"], "redis_url": redis_server.url,
                                     "cache_secret": SECRET, "redis_timeout": TIMEOUT}
         settings.update(overrides)
-        made.append(TokenVerifier(VerifierConfig(**settings), shared=shared))
+        made.append(TokenVerifier(VerifierConfig(**settings), shared=shared, clock=clock))
         return made[-1]
 
     yield factory
@@ -451,9 +456,63 @@ def replicas(issuer: FakeIssuer, redis_server: RedisServer) -> Iterator[Callable
         verifier.shared.close()  # type: ignore[union-attr]
 
 
+class RedisCommands:
+    """Counts the commands the redis-server runs (`INFO commandstats`), over one connection of its own that
+    connected (HELLO) before counting starts; its own INFO and CONFIG calls are left out."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.raw = server.client()
+        self.reset()
+
+    def reset(self) -> None:
+        self.raw.config_resetstat()
+
+    def counted(self) -> dict[str, int]:
+        stats = self.raw.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()
+                if name.split("|")[0] not in ("cmdstat_info", "cmdstat_config")}
+
+
+def test_by_default_a_first_sight_token_never_waits_for_redis(
+        issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer) -> None:
+    """#16 item 6: a verified-token entry costs a round trip (GET, and SET on a miss) that is slower than
+    verifying RS256 or ES256 locally, so by default a replica with a Redis URL never asks Redis about a token;
+    key sets are still shared (one JWKS fetch for the fleet)."""
+    fleet = [replicas() for _ in range(3)]
+    assert not fleet[0].config.redis_share_tokens
+    for verifier in fleet:
+        verifier.verify(issuer.mint("shop", "warm-up"))  # keys: the first replica fetches, the others take them
+    assert issuer.jwks_fetches == 1
+    commands = RedisCommands(redis_server)
+    tokens = [issuer.mint("shop", f"sa-{i}") for i in range(5)]
+    for verifier in fleet:
+        for token in tokens:  # every replica sees every token for the first time
+            assert verifier.verify(token).namespace == "shop"
+
+    async def verify_async() -> None:
+        for verifier in fleet:
+            assert (await verifier.verify_async(issuer.mint("shop", "async"))).namespace == "shop"
+
+    anyio.run(verify_async)
+    assert commands.counted() == {}  # not one GET or SET, not even a connection from the async path
+    with redis_server.client() as raw:
+        assert not list(raw.scan_iter("k8s-jwt-auth:v:*"))
+    for verifier in fleet:
+        info = verifier.cache_info()
+        assert info is not None and (info.misses, info.shared_hits, info.shared_misses) == (7, 0, 0)
+    assert issuer.jwks_fetches == 1
+    shared = replicas(**SHARE)  # turned on: one GET per first sight, and one SET per miss
+    shared.verify(issuer.mint("shop", "warm-up"))  # connected, keys from Redis
+    commands.reset()
+    shared.verify(tokens[0])
+    shared.verify(tokens[0])  # a local hit: Redis is not asked
+    assert commands.counted() == {"get": 1, "set": 1}
+    commands.raw.close()
+
+
 def test_a_token_verified_by_one_replica_is_a_shared_hit_on_another(
         issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer) -> None:
-    first, second = replicas(), replicas()
+    first, second = replicas(**SHARE), replicas(**SHARE)
     assert isinstance(first.shared, RedisCache)
     token = issuer.mint("shop", "cart")
     assert first.verify(token).service_account == "cart"
@@ -474,7 +533,7 @@ def test_a_token_verified_by_one_replica_is_a_shared_hit_on_another(
 
 @pytest.mark.anyio
 async def test_a_shared_hit_async(issuer: FakeIssuer, replicas: Callable[..., TokenVerifier]) -> None:
-    first, second = replicas(), replicas()
+    first, second = replicas(**SHARE), replicas(**SHARE)
     token = issuer.mint("shop", "cart")
     await first.verify_async(token)
     assert (await second.verify_async(token)).service_account == "cart"
@@ -486,7 +545,7 @@ async def test_a_shared_hit_async(issuer: FakeIssuer, replicas: Callable[..., To
 
 def test_a_tampered_verification_is_verified_again(issuer: FakeIssuer, replicas: Callable[..., TokenVerifier],
                                                    redis_server: RedisServer) -> None:
-    first, second = replicas(), replicas()
+    first, second = replicas(**SHARE), replicas(**SHARE)
     token = issuer.mint()
     first.verify(token)
     with redis_server.client() as raw:
@@ -520,7 +579,8 @@ def test_a_kid_reused_for_new_key_material_does_not_skip_the_signature_check(
     """#14 item 4a: the shared entry named the kid only, so a replica with Redis accepted a token signed by a key
     the issuer had replaced under the same kid, without checking its signature; without Redis it is refused."""
     token = issuer.mint("shop", "cart")  # signed by the key about to be replaced
-    first = replicas()
+    clock = FakeClock(time.time())
+    first = replicas(**SHARE, clock=clock)
     assert first.verify(token).service_account == "cart"  # Redis now says: verified, RS256, this kid
     reuse_kid(issuer)
     forget_shared_key_sets(redis_server)
@@ -529,15 +589,16 @@ def test_a_kid_reused_for_new_key_material_does_not_skip_the_signature_check(
         alone.verify(token)
     assert without_redis.value.reason == "bad_signature"
     with pytest.raises(InvalidToken) as fresh:
-        replicas().verify(token)
+        replicas(**SHARE).verify(token)
     assert fresh.value.reason == "bad_signature"
     first.keys.refresh()  # type: ignore[attr-defined]  # the replica that verified it, after a key refresh
+    clock.advance(KEY_RECHECK)  # its cached token's key check is due: the new key material is seen
     with pytest.raises(InvalidToken) as refreshed:
         first.verify(token)
     assert refreshed.value.reason == "bad_signature"
     fine = issuer.mint("shop", "cart")  # the new key material still shares verifications
-    replicas().verify(fine)
-    again = replicas()
+    replicas(**SHARE).verify(fine)
+    again = replicas(**SHARE)
     assert again.verify(fine).service_account == "cart"
     info = again.cache_info()
     assert info is not None and info.shared_hits == 1
@@ -547,11 +608,11 @@ def test_a_kid_reused_for_new_key_material_does_not_skip_the_signature_check(
 async def test_a_kid_reused_for_new_key_material_does_not_skip_the_signature_check_async(
         issuer: FakeIssuer, replicas: Callable[..., TokenVerifier], redis_server: RedisServer) -> None:
     token = issuer.mint("shop", "cart")
-    first = replicas()
+    first = replicas(**SHARE)
     await first.verify_async(token)
     reuse_kid(issuer)
     forget_shared_key_sets(redis_server)
-    second = replicas()
+    second = replicas(**SHARE)
     with pytest.raises(InvalidToken) as info:
         await second.verify_async(token)
     assert info.value.reason == "bad_signature"
@@ -564,7 +625,7 @@ def test_redis_killed_mid_test_the_verifier_keeps_verifying_locally(
         caplog: pytest.LogCaptureFixture) -> None:
     timer = FakeClock()
     store = RedisCache(redis_server.url, secret=SECRET, timer=timer)
-    verifier = replicas(shared=store)
+    verifier = replicas(shared=store, **SHARE)  # every first sight asks Redis: the outage is noticed
     verifier.verify(issuer.mint("shop", "a"))
     redis_server.kill()
     with caplog.at_level(logging.INFO, logger="k8s_jwt_auth.redis"):
@@ -576,7 +637,7 @@ def test_redis_killed_mid_test_the_verifier_keeps_verifying_locally(
         timer.advance(1.5)
         verifier.verify(issuer.mint("shop", "after"))
         assert store.status().available
-        assert replicas(shared=RedisCache(redis_server.url, secret=SECRET)).verify(
+        assert replicas(shared=RedisCache(redis_server.url, secret=SECRET), **SHARE).verify(
             issuer.mint("shop", "after")).service_account == "after"
     records = [r for r in caplog.records if r.name == "k8s_jwt_auth.redis"]
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
@@ -597,7 +658,7 @@ def test_from_env_builds_a_verifier_that_uses_redis(issuer: FakeIssuer, redis_se
         verifier.verify(issuer.mint())
         with redis_server.client() as raw:
             stored = sorted(k.decode() for k in raw.scan_iter("*"))
-        assert [n.split(":")[2] for n in stored] == ["jwks", "v"]
+        assert [n.split(":")[2] for n in stored] == ["jwks"]  # by default no verified-token entry
         assert all(n.startswith("k8s-jwt-auth:test-env:") for n in stored)
     finally:
         verifier.shared.close()  # type: ignore[union-attr]
@@ -605,21 +666,23 @@ def test_from_env_builds_a_verifier_that_uses_redis(issuer: FakeIssuer, redis_se
 
 def test_the_redis_benchmark_runs(redis_server: RedisServer) -> None:
     bench = Path(__file__).resolve().parents[1] / "bench" / "redis_cache.py"
-    proc = subprocess.run([sys.executable, str(bench), "--quick", "--redis-url", redis_server.url, "--replicas", "4"],
-                          capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--number", "20", "--redis-url", redis_server.url,
+                           "--replicas", "4"], capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if not k.startswith("K8S_JWT_AUTH_")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["cold_start_jwks_fetches"] == {"without Redis": 4, "with Redis": 1}
-    assert set(summary["RS256"]) >= {"local hit", "shared hit (Redis)", "no cache (full verification)"}
+    assert set(summary["latency"]) == {"RS256", "ES256", "ES384", "ES512"}
+    rs256 = summary["latency"]["RS256"]
+    assert set(rs256) == {"local", "given"} and len(rs256["given"]) == 4 and len(rs256["local"]) == 2
+    assert set(summary["break_even_replicas"]["ES256"]) == {"given"} and len(summary["tokenreview"]) == 3
 
 
 def test_tokenreview_answers_are_shared_by_replicas(issuer: FakeIssuer, replicas: Callable[..., TokenVerifier],
                                                     tmp_path: Any) -> None:
     own_token = tmp_path / "token"
     own_token.write_text(issuer.mint("payments", "callee"))
-    settings = {"tokenreview": True, "tokenreview_url": issuer.url, "token_file": str(own_token),
-                "redis_share_tokens": False}
+    settings = {"tokenreview": True, "tokenreview_url": issuer.url, "token_file": str(own_token)}  # the default
     first, second = replicas(**settings), replicas(**settings)
     token = issuer.mint("shop", "cart", pod="cart-1")
     assert first.verify(token).reviewed and second.verify(token).reviewed

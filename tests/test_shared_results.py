@@ -1,7 +1,8 @@
 """How the verifier uses a shared store for verified tokens (namespace "v").
 
 The store here is an in-memory `SharedStore`: these tests are about the verifier's side of the
-contract (what it reads, writes and trusts). The real store, Redis, is tested against a real
+contract (what it reads, writes and trusts). Sharing verified tokens is off by default (`redis_share_tokens`):
+`replica` turns it on unless a test says otherwise. The real store, Redis, is tested against a real
 redis-server in test_redis_*.py, including entries tampered with in Redis.
 """
 
@@ -62,7 +63,8 @@ def clock() -> FakeClock:
 
 
 def replica(store: SharedStore, key: SigningKey, clock: FakeClock, **overrides: Any) -> tuple[TokenVerifier, Any]:
-    settings: dict[str, Any] = {"issuer": TEST_ISSUER, "audiences": "test", "jwks": {"keys": [key.public_jwk()]}}
+    settings: dict[str, Any] = {"issuer": TEST_ISSUER, "audiences": "test", "jwks": {"keys": [key.public_jwk()]},
+                                "redis_share_tokens": True}
     settings.update(overrides)
     keys = CountingKeys(key)
     return TokenVerifier(VerifierConfig(**settings), keys=keys, shared=store, clock=clock), keys
@@ -185,6 +187,29 @@ def test_without_a_local_cache_the_shared_store_still_serves(rsa_key: SigningKey
     first.verify(token)
     second.verify(token)
     assert second_keys.checks == 0 and store.reads == 2
+
+
+def test_verified_tokens_are_not_shared_by_default(rsa_key: SigningKey, clock: FakeClock) -> None:
+    """#16 item 6: a shared entry costs a round trip that is slower than verifying RS256/ES256 locally."""
+    store = MemoryStore(clock)
+    config = VerifierConfig(issuer=TEST_ISSUER, audiences="test", jwks={"keys": [rsa_key.public_jwk()]})
+    assert config.redis_share_tokens is False
+    keys = [CountingKeys(rsa_key), CountingKeys(rsa_key)]
+    first, second = (TokenVerifier(config, keys=k, shared=store, clock=clock) for k in keys)
+    token = mint(rsa_key)
+    first.verify(token)
+    second.verify(token)
+    assert [k.checks for k in keys] == [1, 1] and (store.reads, store.writes) == (0, 0)
+    assert (second.cache_info().shared_hits, second.cache_info().shared_misses) == (0, 0)  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_verified_tokens_are_not_shared_by_default_async(rsa_key: SigningKey, clock: FakeClock) -> None:
+    store = MemoryStore(clock)
+    config = VerifierConfig(issuer=TEST_ISSUER, audiences="test", jwks={"keys": [rsa_key.public_jwk()]})
+    verifier = TokenVerifier(config, keys=CountingKeys(rsa_key), shared=store, clock=clock)
+    assert (await verifier.verify_async(mint(rsa_key))).service_account == "cart"
+    assert (store.reads, store.writes) == (0, 0)
 
 
 def test_sharing_verified_tokens_can_be_turned_off(rsa_key: SigningKey, clock: FakeClock) -> None:

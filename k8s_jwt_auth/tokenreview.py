@@ -38,8 +38,13 @@ are also shared by replicas under the namespace `"tr"`, as compact JSON.
 
 The flow (local cache, single flight, shared cache, POST, store) is written once as a generator of I/O
 steps, driven by `review` (blocking `httpx.Client`, no event loop needed) and `review_async`
-(`httpx.AsyncClient`, never blocks the loop), each with a client per request. The token is never logged
-and never appears in an error message; logs name a token by its fingerprint.
+(`httpx.AsyncClient`, never blocks the loop). Requests reuse kept-alive connections
+(`k8s_jwt_auth._transport.SessionPool`): one blocking client shared by every thread, and one async client per
+event loop (a client is bound to its loop), at most `max_connections` connections each, idle ones closed
+after `KEEPALIVE_EXPIRY` seconds. `close()`/`aclose()` release them. A request that meets a kept-alive connection
+the API server had just closed is sent again on a new one (a TokenReview creates nothing: it is safe to
+repeat). The token is never logged and never appears in an error message; logs name a token by its
+fingerprint.
 
 This module holds the reviewer. What an answer says (`TokenReviewResult`, re-exported here) lives in
 `k8s_jwt_auth._review_result`, the HTTP exchange and the meaning of an HTTP status in
@@ -63,9 +68,9 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
+import httpx
 from cachetools import TTLCache
 
-from ._deadline import AsyncSession, Session
 from ._flow import Flow, arun, run, wait_async
 from ._review_result import (
     EXTRA_CREDENTIAL_ID,
@@ -84,6 +89,7 @@ from ._transport import (
     DEFAULT_CONNECT_TIMEOUT,
     FetchError,
     Response,
+    SessionPool,
     bearer_header,
     check_status,
     exchange,
@@ -106,6 +112,7 @@ __all__ = [
     "EXTRA_NODE_UID",
     "EXTRA_POD_NAME",
     "EXTRA_POD_UID",
+    "KEEPALIVE_EXPIRY",
     "REVIEW_PATH",
     "SHARED_NAMESPACE",
     "TokenReviewInfo",
@@ -119,6 +126,9 @@ REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 SHARED_NAMESPACE = "tr"
 MAX_BACKOFF = 30.0  # the longest pause between review attempts after failures (seconds)
 MAX_RETRY_AFTER = 300.0  # a server's Retry-After is honoured up to this
+# Seconds an idle kept-alive connection is kept: below kube-apiserver's idle timeout (90 s) and the 60 s of
+# common load balancers, so that we, not the server, close it (no request races the server's close).
+KEEPALIVE_EXPIRY = 30.0
 _JSON = "application/json"
 
 
@@ -211,6 +221,14 @@ class TokenReviewer:
         clock: the current time in Unix seconds (`time.time`); inject the verifier's clock in tests.
         shared: a store shared by replicas (`SharedStore`), used under the namespace `"tr"`.
         max_response_size: the largest accepted response body, in bytes.
+        max_connections: the most connections open to the API server at once, per event loop and for all
+            threads together; a request finding them all busy waits for one (at most `timeout`).
+        keep_alive: keep connections open between reviews (the default). `False` opens a new connection for
+            every review: each one may then reach another API server replica behind a load balancer.
+
+    Call `close()` (or `await aclose()`) when done to close the kept-alive connections at once (they are
+    closed anyway when idle for `KEEPALIVE_EXPIRY` seconds, and when an event loop shuts down); the reviewer
+    stays usable.
 
     Raises:
         ConfigurationError: for a URL that is not https (or loopback http), no audiences, bad numbers or
@@ -234,12 +252,15 @@ class TokenReviewer:
         shared: SharedStore | None = None,
         max_response_size: int = 1024 * 1024,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_connections: int = 32,
+        keep_alive: bool = True,
     ) -> None:
         problem = url_problem(url, allow_insecure_http)
         if problem is not None:
             raise ConfigurationError(f"tokenreview_url {problem}", setting="TOKENREVIEW_URL")
         self.audiences = _audiences(audiences)
         _check_numbers(timeout, cache_ttl, cache_size, max_response_size)
+        whole_number(max_connections, "max_connections", minimum=1)
         self.url = url.rstrip("/")
         self.review_url = self.url + REVIEW_PATH
         self.token_file = token_file
@@ -251,6 +272,10 @@ class TokenReviewer:
         self.max_response_size = max_response_size
         self.ssl_context = ssl_context if ssl_context is not None else ssl_context_from(ca_file)
         self.max_duration = 3 * self.timeout
+        self._pool = SessionPool(verify=self.ssl_context, timeout=self.timeout, connect_timeout=self.connect_timeout,
+                                 limits=httpx.Limits(max_connections=max_connections,
+                                                     max_keepalive_connections=max_connections if keep_alive else 0,
+                                                     keepalive_expiry=KEEPALIVE_EXPIRY))
         self._clock: Callable[[], float] = clock if clock is not None else time.time
         self._audience_set = frozenset(self.audiences)
         self._salt = json.dumps(sorted(self.audiences)).encode()
@@ -317,6 +342,17 @@ class TokenReviewer:
         if isinstance(flow, WorkloadIdentity):
             return flow
         return await arun(flow, self._do_async)  # closes the flow on cancellation: waiters are released
+
+    def close(self) -> None:
+        """Close the kept-alive connections: the blocking client's now, each event loop's on that loop.
+
+        The reviewer stays usable; the next review opens a new connection.
+        """
+        self._pool.close()
+
+    async def aclose(self) -> None:
+        """Like `close()`, and the running event loop's connections are closed before this returns."""
+        await self._pool.aclose()
 
     def cache_info(self) -> TokenReviewInfo:
         """Counters: reviews, requests, cache hits, failures, cache size, and whether reviews work."""
@@ -586,20 +622,16 @@ class TokenReviewer:
         return None
 
     def _post(self, op: _Post) -> Response | FetchError:
-        try:
-            with Session(verify=self.ssl_context, timeout=self.timeout,
-                         connect_timeout=self.connect_timeout) as session:
-                return exchange(session, "POST", op.url, headers=dict(op.headers), content=op.body,
-                                limit=self.max_response_size, timeout=self.timeout)
+        try:  # the Authorization header is per request: a rotated token file is read for each review
+            return exchange(self._pool.session(), "POST", op.url, headers=dict(op.headers), content=op.body,
+                            limit=self.max_response_size, timeout=self.timeout)
         except FetchError as exc:
             return exc
 
     async def _post_async(self, op: _Post) -> Response | FetchError:
         try:
-            async with AsyncSession(verify=self.ssl_context, timeout=self.timeout,
-                                    connect_timeout=self.connect_timeout) as session:
-                return await exchange_async(session, "POST", op.url, headers=dict(op.headers), content=op.body,
-                                            limit=self.max_response_size, timeout=self.timeout)
+            return await exchange_async(await self._pool.async_session(), "POST", op.url, headers=dict(op.headers),
+                                        content=op.body, limit=self.max_response_size, timeout=self.timeout)
         except FetchError as exc:
             return exc
 

@@ -1033,8 +1033,11 @@ def test_the_latency_benchmark_runs() -> None:
                           env={k: v for k, v in os.environ.items() if not k.startswith("K8S_JWT_AUTH_")})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"local_verify_cached", "local_verify_uncached", "tokenreview_cache_hit",
-                            "tokenreview_uncached_sync", "tokenreview_uncached_async"}
+    assert {"local_verify_cached", "local_verify_uncached", "tokenreview_cache_hit", "tokenreview_uncached_sync",
+            "tokenreview_uncached_async"} <= set(summary)
+    for mode in ("new_client", "no_keep_alive", "pooled"):  # fresh vs kept-alive connections, sync and async
+        assert {f"{server}_{mode}_{kind}_{q}" for server in ("stock", "nodelay") for kind in ("sync", "async")
+                for q in ("median", "p90")} <= set(summary)
     assert all(value > 0 for value in summary.values())
 
 

@@ -13,8 +13,9 @@ else:
     ...                                       # outcome.workload: a WorkloadIdentity, or None (anonymous)
 ```
 
-Every call writes exactly one audit record (`k8s_jwt_auth.audit`) and one line on the adapter's logger, except an
-admission with `policy=AUTHENTICATE_ONLY` (the layer that applies the route's rules writes it). Refusals are
+Every decision writes exactly one audit record (`k8s_jwt_auth.audit`) and one line on the adapter's logger. Two
+admissions decide nothing and write none: an anonymous one (optional mode, no credentials) and one with
+`policy=AUTHENTICATE_ONLY` (the layer that applies the route's rules writes it). Refusals are
 returned, never raised: a 401 (`InvalidToken`), 403 (`PolicyDenied`) or 503 (`ServiceUnavailable`) is an
 outcome to render. Anything else raised from inside is a bug and propagates.
 

@@ -8,6 +8,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from ._frozen_claims import FrozenClaims
+
 __all__ = ["DEFAULT_TRUST_DOMAIN", "WorkloadIdentity"]
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -79,7 +81,7 @@ class WorkloadIdentity:
             object.__setattr__(self, "audiences", tuple(self.audiences))
         if not isinstance(self.groups, tuple):
             object.__setattr__(self, "groups", tuple(self.groups))
-        if not isinstance(self.claims, MappingProxyType):
+        if not isinstance(self.claims, (MappingProxyType, FrozenClaims)):
             object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
 
     @property

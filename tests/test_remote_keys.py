@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from k8s_jwt_auth import ConfigurationError, InvalidToken, KeySetUnavailable, TokenVerifier, VerifierConfig
+from k8s_jwt_auth._cache import KEY_RECHECK
 from k8s_jwt_auth._jwks_fetch import ACCEPT_DISCOVERY, ACCEPT_JWKS
 from k8s_jwt_auth._remote import RemoteKeySource
 from k8s_jwt_auth.keys import VerificationKey, key_source_from_config
@@ -221,7 +222,9 @@ async def test_a_cancelled_leader_does_not_strand_its_waiters(
 def test_rotation_new_key_at_once_removed_key_after_the_next_refresh(
     k8s_issuer: FakeIssuer, make_source: Callable[..., RemoteKeySource], clock: FakeClock,
 ) -> None:
-    verifier = TokenVerifier(VerifierConfig(issuer=k8s_issuer.issuer, audiences=["test"]), keys=make_source())
+    wall = FakeClock(time.time())  # the verifier's clock: its cached tokens' key checks are due after KEY_RECHECK
+    verifier = TokenVerifier(VerifierConfig(issuer=k8s_issuer.issuer, audiences=["test"]), keys=make_source(),
+                             clock=wall)
     old = k8s_issuer.key
     assert verifier.verify(k8s_issuer.mint()).namespace == "default"
     new = k8s_issuer.add_key()
@@ -230,6 +233,7 @@ def test_rotation_new_key_at_once_removed_key_after_the_next_refresh(
     old_token = k8s_issuer.mint(key=old)
     assert verifier.verify(old_token).namespace == "default"  # still cached
     clock.advance(601)
+    wall.advance(KEY_RECHECK)
     with pytest.raises(InvalidToken) as info:
         verifier.verify(old_token)
     assert info.value.reason == "unknown_key"

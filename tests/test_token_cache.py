@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import hashlib
+import time
+
 import pytest
 
-from k8s_jwt_auth import InvalidToken, RemoteKeySource, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import InvalidToken, RemoteKeySource, TokenVerifier, VerificationKey, VerifierConfig
+from k8s_jwt_auth._cache import KEY_RECHECK, TAIL
 from k8s_jwt_auth.testing import FakeClock, FakeIssuer, SigningKey, build_claims, sign
 
 from .conftest import NOW, TEST_ISSUER
@@ -91,13 +97,27 @@ def test_rejected_tokens_are_not_cached(rsa_key: SigningKey) -> None:
     assert verifier.cache_info().currsize == 0  # type: ignore[union-attr]
 
 
-def test_cache_holds_digests_not_tokens(rsa_key: SigningKey) -> None:
+def test_cache_holds_neither_tokens_nor_digests(rsa_key: SigningKey) -> None:
     verifier = make(rsa_key, FakeClock(NOW))
     t = token(rsa_key)
     identity = verifier.verify(t)
-    stored = list(verifier._cache._cache.keys())  # type: ignore[union-attr]
-    assert stored and all(isinstance(k, bytes) and len(k) == 32 for k in stored)
-    assert t.encode() not in stored and identity.token_fingerprint == stored[0].hex()[:16]
+    entries = verifier._cache.entries  # type: ignore[union-attr]
+    assert list(entries) == [hash(t)]
+    entry = next(iter(entries.values()))
+    assert entry.tail == t[-TAIL:] and len(entry.tail) == 16 < len(t.rsplit(".", 1)[1])  # part of the signature
+    assert identity.token_fingerprint == hashlib.sha256(t.encode()).hexdigest()[:16]
+    held = [v for v in gc.get_referents(entry) if isinstance(v, (str, bytes))]
+    assert held == [entry.tail]
+
+
+def test_a_token_sharing_the_hash_but_not_the_end_is_not_a_hit(rsa_key: SigningKey) -> None:
+    verifier = make(rsa_key, FakeClock(NOW))
+    t, other = token(rsa_key, namespace="payments"), token(rsa_key, namespace="frontend")
+    verifier.verify(t)
+    entries = verifier._cache.entries  # type: ignore[union-attr]
+    entries[hash(other)] = entries[hash(t)]  # as if `other` collided with `t` in the hash
+    assert verifier.verify(other).namespace == "frontend"
+    assert verifier.cache_info().hits == 0  # type: ignore[union-attr]
 
 
 def test_cache_can_be_turned_off(rsa_key: SigningKey) -> None:
@@ -115,28 +135,69 @@ def test_cache_is_bounded(rsa_key: SigningKey) -> None:
     assert verifier.cache_info().currsize == 3  # type: ignore[union-attr]
 
 
-def test_removed_key_drops_its_cached_tokens(k8s_issuer: FakeIssuer) -> None:
+def test_removed_key_drops_its_cached_tokens_within_a_second(k8s_issuer: FakeIssuer) -> None:
+    clock = FakeClock(time.time())
     keys = RemoteKeySource(k8s_issuer.issuer)
-    verifier = TokenVerifier(VerifierConfig(issuer=k8s_issuer.issuer, audiences=["test"]), keys=keys)
+    verifier = TokenVerifier(VerifierConfig(issuer=k8s_issuer.issuer, audiences=["test"]), keys=keys, clock=clock)
     t = k8s_issuer.mint("payments", "worker")
     verifier.verify(t)
     assert verifier.verify(t).namespace == "payments"
     k8s_issuer.rotate(drop_old=True)
     keys.refresh()
-    with pytest.raises(InvalidToken) as info:
+    assert verifier.verify(t).namespace == "payments"  # the key check of the cache still stands...
+    clock.advance(KEY_RECHECK)
+    with pytest.raises(InvalidToken) as info:  # ... for at most KEY_RECHECK seconds
         verifier.verify(t)
     assert info.value.reason == "unknown_key"
 
 
-def test_refetched_key_set_verifies_again_in_full(k8s_issuer: FakeIssuer) -> None:
+def test_refetched_key_set_with_the_same_key_keeps_its_tokens(k8s_issuer: FakeIssuer) -> None:
+    clock = FakeClock(time.time())
     keys = RemoteKeySource(k8s_issuer.issuer)
-    verifier = TokenVerifier(VerifierConfig(issuer=k8s_issuer.issuer, audiences=["test"]), keys=keys)
+    verifier = TokenVerifier(VerifierConfig(issuer=k8s_issuer.issuer, audiences=["test"]), keys=keys, clock=clock)
     t = k8s_issuer.mint()
     verifier.verify(t)
-    keys.refresh()  # same key, new key objects: the cached entry no longer stands
+    keys.refresh()  # new key objects, same key material (RFC 7638 thumbprint)
+    clock.advance(KEY_RECHECK)
     assert verifier.verify(t).namespace == "default"
     info = verifier.cache_info()
-    assert info is not None and info.hits == 0 and info.misses == 2
+    assert info is not None and (info.hits, info.misses) == (1, 1)
+
+
+class SwitchingKeys:
+    """A key source whose key for one kid changes material: the cache must notice within KEY_RECHECK."""
+
+    def __init__(self, key: VerificationKey) -> None:
+        self.key, self.calls = key, 0
+
+    def get(self, kid: str | None, alg: str) -> VerificationKey:
+        self.calls += 1
+        return self.key
+
+    async def get_async(self, kid: str | None, alg: str) -> VerificationKey:
+        return self.get(kid, alg)
+
+
+def test_the_key_is_asked_once_per_second_per_kid_and_new_material_means_full_verification(
+        rsa_key: SigningKey) -> None:
+    clock = FakeClock(NOW)
+    source = SwitchingKeys(VerificationKey.from_jwk(rsa_key.public_jwk()))
+    verifier = TokenVerifier(VerifierConfig(issuer=TEST_ISSUER, audiences=["test"], jwks={"keys": [
+        rsa_key.public_jwk()]}), keys=source, clock=clock)
+    tokens = [token(rsa_key, namespace=f"ns-{i}") for i in range(3)]
+    for t in tokens * 3:
+        verifier.verify(t)
+    assert source.calls == 3  # the three first sights; the six hits asked nothing
+    clock.advance(KEY_RECHECK)
+    for t in tokens * 2:
+        asyncio.run(verifier.verify_async(t))
+    assert source.calls == 4  # one check renewed for every token of that kid
+    other = SigningKey.generate("RS256")
+    source.key = VerificationKey.from_jwk({**other.public_jwk(), "kid": rsa_key.kid})  # same kid, new material
+    clock.advance(KEY_RECHECK)
+    with pytest.raises(InvalidToken) as info:
+        verifier.verify(tokens[0])
+    assert info.value.reason == "bad_signature"
 
 
 def test_cache_settings_from_env() -> None:

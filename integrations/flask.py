@@ -281,7 +281,7 @@ def _state(app: Flask | None = None) -> K8sJWTAuthState:
 
 
 class _RequestAuth:
-    """What the extension knows about one request, kept on `g`.
+    """What the extension knows about one request, kept on `g` and on the request object.
 
     It is tied to the request object: requests made inside one outer `app.app_context()` share `g`.
     """
@@ -300,10 +300,12 @@ class _RequestAuth:
 def _record(current: Request | None = None) -> _RequestAuth:
     if current is None:
         current = _current_request()
-    record = g.get(_G_KEY)
-    if not isinstance(record, _RequestAuth) or record.request is not current:
-        record = _RequestAuth(current)
-        setattr(g, _G_KEY, record)
+    record = current.__dict__.get(_G_KEY)  # kept on the request too: found again without a proxy hop
+    if isinstance(record, _RequestAuth):
+        return record
+    record = _RequestAuth(current)
+    setattr(g, _G_KEY, record)  # documented home (g._k8s_jwt_auth); g may outlive the request (outer app context)
+    current.__dict__[_G_KEY] = record
     return record
 
 

@@ -77,4 +77,5 @@ def websocket_close_code(exc: AuthError) -> int:
 def header_values(scope: Mapping[str, Any], key: bytes) -> list[bytes]:
     """Every value of the header `key` (lower-case bytes) in an ASGI scope, for `Gate.admit`."""
     headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
-    return [value for name, value in headers if name.lower() == key]
+    size = len(key)  # only a name of the same length can match: no lower() for the others
+    return [value for name, value in headers if len(name) == size and (name == key or name.lower() == key)]

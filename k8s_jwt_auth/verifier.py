@@ -181,6 +181,21 @@ class TokenVerifier:
         if self._cache is not None:
             self._cache.clear()
 
+    def close(self) -> None:
+        """Close the connections the verifier keeps alive (the TokenReview client's; key fetches keep none).
+
+        The verifier stays usable; the next review opens a new connection. The shared store (`shared=`) is the
+        caller's to close when it was given.
+        """
+        if self.reviewer is not None:
+            self.reviewer.close()
+
+    async def aclose(self) -> None:
+        """Like `close()`, and the running event loop's connections are closed before this returns (e.g. in an
+        ASGI lifespan shutdown)."""
+        if self.reviewer is not None:
+            await self.reviewer.aclose()
+
     # -- the full verification, written once ------------------------------------------------------
 
     def _verification(self, token: str | bytes) -> Flow[_Io, WorkloadIdentity]:

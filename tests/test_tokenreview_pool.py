@@ -358,3 +358,26 @@ def test_the_clients_sockets_have_tcp_nodelay(server: Any) -> None:
 
     assert asyncio.run(check_async()) != 0
     assert json.loads(ANSWER)["kind"] == "TokenReview"
+
+
+def test_the_verifier_closes_its_reviewers_connections(server: Any, make: Callable[..., TokenReviewer]) -> None:
+    """`TokenVerifier.close()`/`aclose()` close the reviewer's kept-alive connections (and do nothing without one)."""
+    from k8s_jwt_auth import TokenVerifier, VerifierConfig
+    from k8s_jwt_auth.testing import SigningKey
+
+    config = VerifierConfig(issuer="https://issuer.test", audiences=["payments-api"],
+                            jwks={"keys": [SigningKey.generate("ES256").public_jwk()]})
+    plain = TokenVerifier(config)
+    plain.close()
+    asyncio.run(plain.aclose())
+    reviewing = TokenVerifier(config, reviewer=make())
+    assert review(reviewing.reviewer)  # type: ignore[arg-type]
+    reviewing.close()
+    assert eventually(lambda: server.ended == 1)
+
+    async def use_then_aclose() -> None:
+        assert await areview(reviewing.reviewer)  # type: ignore[arg-type]
+        await reviewing.aclose()
+
+    asyncio.run(use_then_aclose())
+    assert eventually(lambda: server.ended == 2)

@@ -625,6 +625,9 @@ class _Server(ThreadingHTTPServer):
 def _handler_for(issuer: FakeIssuer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # http.server writes an answer as headers, then body: without TCP_NODELAY, Nagle holds the body until the
+        # client ACKs the headers, which a kept-alive client delays up to 40 ms (real API servers, in Go, set it)
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._send(issuer._respond(self.path.split("?")[0], dict(self.headers.items())))

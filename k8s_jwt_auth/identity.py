@@ -8,7 +8,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ._frozen_claims import FrozenClaims
+from ._lazy_claims import LazyClaims
 
 __all__ = ["DEFAULT_TRUST_DOMAIN", "WorkloadIdentity"]
 
@@ -77,11 +77,11 @@ class WorkloadIdentity:
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.audiences, tuple):
+        if type(self.audiences) is not tuple:
             object.__setattr__(self, "audiences", tuple(self.audiences))
-        if not isinstance(self.groups, tuple):
+        if type(self.groups) is not tuple:
             object.__setattr__(self, "groups", tuple(self.groups))
-        if not isinstance(self.claims, (MappingProxyType, FrozenClaims)):
+        if type(self.claims) is not LazyClaims and type(self.claims) is not MappingProxyType:  # read-only already
             object.__setattr__(self, "claims", MappingProxyType(dict(self.claims)))
 
     @property

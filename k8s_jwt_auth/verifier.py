@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from . import _claims
 from ._cache import TAIL, CachedToken, CacheInfo, TokenCache
 from ._flow import Flow, arun, run
-from ._frozen_claims import freeze
 from ._jws import ParsedToken, decode_payload, parse
+from ._lazy_claims import LazyClaims
 from ._observer import UNOBSERVED, Observation, Observer, Unobserved
 from .config import VerifierConfig
 from .errors import ConfigurationError, InvalidToken
@@ -113,7 +113,6 @@ class TokenVerifier:
         self._shared_hits = self._shared_misses = 0
         self._strings: dict[str, str] = {}  # see _shared_strings
         self._audience_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # claim shapes, see _frozen_claims
         self.observer = observer
         if observer is not None and getattr(self.keys, "observer", False) is None:  # a RemoteKeySource's hook
             self.keys.observer = observer  # type: ignore[attr-defined]
@@ -336,7 +335,8 @@ class TokenVerifier:
             self._check_key_fits(alg, key)
         else:
             self._check_signature(parsed, alg, key)
-        identity = self._identity(decode_payload(parsed), digest.hex()[:16] if digest is not None else "")
+        identity = self._identity(decode_payload(parsed), digest.hex()[:16] if digest is not None else "",
+                                  raw=parsed.payload)
         if self._cache is not None and digest is not None:
             self._cache.put(token, identity, parsed.header.get("kid"), alg, key, self._reusable_until(identity))
         return identity
@@ -350,7 +350,8 @@ class TokenVerifier:
             limits.append(identity.issued_at.timestamp() + self.config.max_token_age)
         return min(limits)
 
-    def _identity(self, payload: dict[str, Any], token_fingerprint: str) -> WorkloadIdentity:
+    def _identity(self, payload: dict[str, Any], token_fingerprint: str, *,
+                  raw: bytes | None = None) -> WorkloadIdentity:
         now, leeway, config = self._clock(), self._leeway, self.config
         legacy = _claims.is_legacy(payload)
         if legacy and not config.allow_legacy_tokens:
@@ -366,49 +367,43 @@ class TokenVerifier:
             raise InvalidToken("the token is not bound to a pod", reason="not_pod_bound", claim="kubernetes.io")
         warn_after = fields.pop("warn_after", None)
         jti = payload.get("jti")
-        shared = self._shared_strings(issuer, audiences, fields)
-        times = _times(iat, nbf, exp, warn_after)
+        self._share_repeated(fields)
         return WorkloadIdentity(
-            issuer=shared[issuer],
-            audiences=self._shared_audiences(audiences, shared),
+            issuer=self._one(issuer),
+            audiences=self._one_tuple(audiences),
             token_id=jti if isinstance(jti, str) else None,
             stale=warn_after is not None and now > warn_after,
             trust_domain=config.trust_domain,
             cluster=config.cluster,
             token_fingerprint=token_fingerprint,
-            # the payload in a tenth of its memory (a cached identity lives as long as its token), or a read-only
-            # view of it, no copy: nobody else holds payload
-            claims=(freeze(payload, _share(shared, times, (iat, nbf, exp, warn_after)), self._shapes)
-                    or MappingProxyType(payload)),
-            **times,
+            # the payload's JSON bytes, decoded again on first use: a quarter of the dict's memory, and a cached
+            # identity lives as long as its token
+            claims=LazyClaims(raw) if raw is not None else MappingProxyType(payload),
+            **_times(iat, nbf, exp, warn_after),
             **fields,
         )
 
-    def _shared_strings(self, issuer: str, audiences: tuple[str, ...], fields: dict[str, Any]) -> dict[str, str]:
-        """One object per distinct issuer, audience, namespace, service account, node... across the cached
-        identities (a bounded table: values that repeat), updated in `fields`; every string of the identity, by
-        value, for `freeze`."""
+    def _share_repeated(self, fields: dict[str, Any]) -> None:
+        """Values that repeat across tokens (namespace, service account, node...) become one object each: a cached
+        identity then holds only what is its own (pod, jti, times)."""
         table = self._strings
         room = len(table) < _MAX_SHARED_STRINGS
-        shared: dict[str, str] = {}
-        for value in (issuer, *audiences):
-            shared[value] = table.setdefault(value, value) if room else table.get(value, value)
         for name in _REPEATED_FIELDS:
-            found = fields.get(name)
-            if isinstance(found, str):
-                one = fields[name] = table.setdefault(found, found) if room else table.get(found, found)
-                shared[one] = one
-        for name in ("pod_name", "pod_uid"):
-            found = fields.get(name)
-            if isinstance(found, str):
-                shared[found] = found
-        return shared
+            value = fields.get(name)
+            if type(value) is str:
+                fields[name] = table.setdefault(value, value) if room else table.get(value, value)
 
-    def _shared_audiences(self, audiences: tuple[str, ...], shared: dict[str, str]) -> tuple[str, ...]:
-        """One tuple object per distinct audience list (see `_shared_strings`)."""
-        values = tuple(shared[a] for a in audiences)
+    def _one(self, value: str) -> str:
+        """The one object for this string value (a bounded table of the values that repeat)."""
+        table = self._strings
+        return table.setdefault(value, value) if len(table) < _MAX_SHARED_STRINGS else table.get(value, value)
+
+    def _one_tuple(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """The one tuple for this list of audiences (as `_one`)."""
         table = self._audience_tuples
-        return table.setdefault(values, values) if len(table) < _MAX_SHARED_STRINGS else values
+        if len(table) < _MAX_SHARED_STRINGS:
+            return table.setdefault(values, values)
+        return table.get(values, values)
 
 
 def _times(iat: float | None, nbf: float | None, exp: float | None, warn_after: float | None) -> dict[str, Any]:
@@ -416,15 +411,6 @@ def _times(iat: float | None, nbf: float | None, exp: float | None, warn_after: 
     return {"issued_at": _claims.to_datetime(iat, "iat"), "not_before": _claims.to_datetime(nbf, "nbf"),
             "expires_at": _claims.to_datetime(exp, "exp"),
             "warn_after": _claims.to_datetime(warn_after, "kubernetes.io.warnafter")}
-
-
-def _share(strings: dict[str, str], times: dict[str, Any], seconds: tuple[float | None, ...]) -> dict[Any, Any]:
-    """What `freeze` may share with the identity: its strings, and each whole-second time claim's datetime."""
-    share: dict[Any, Any] = dict(strings)
-    for value, moment in zip(seconds, times.values(), strict=True):
-        if moment is not None and value is not None and value == int(value) and int(moment.timestamp()) == value:
-            share[int(value)] = moment
-    return share
 
 
 _REPEATED_FIELDS = ("subject", "namespace", "service_account", "service_account_uid", "node_name", "node_uid")

@@ -83,22 +83,27 @@ def server(framework: str, mode: str, env: dict[str, str], token: str) -> Iterat
     import httpx
 
     port = free_port()
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(server_command(framework, port), cwd=APPS,
                             env={**env, "BENCH_FRAMEWORK": framework, "BENCH_MODE": mode},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
+
+    def detail() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-2000:]
+
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                detail = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                raise RuntimeError(f"{framework}/{mode} exited: {detail}")
+                raise RuntimeError(f"{framework}/{mode} exited: {detail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{framework}/{mode} did not start")
             with contextlib.suppress(httpx.HTTPError):
                 status = httpx.get(base + "/", headers={"Authorization": f"Bearer {token}"}, timeout=2).status_code
                 if status != 200:
-                    raise RuntimeError(f"{framework}/{mode} answered {status}")
+                    raise RuntimeError(f"{framework}/{mode} answered {status}: {detail()}")
                 break
             time.sleep(0.1)
         yield base
@@ -109,6 +114,7 @@ def server(framework: str, mode: str, env: dict[str, str], token: str) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        log.close()
 
 
 def wrk(base: str, token: str, seconds: float) -> float:
@@ -192,13 +198,23 @@ def main(argv: list[str] | None = None) -> int:
           f"uvicorn {UVICORN_WORKERS} worker (Starlette, FastAPI), gunicorn {GUNICORN_WORKERS} sync workers "
           f"(Flask, Django); {seconds:g} s per measurement after a 1 s warm-up, {rounds} interleaved rounds")
     results: dict[str, dict[str, list[float]]] = {f: {m: [] for m in MODES} for f in frameworks}
+    failures: list[str] = []
     try:
         for index in range(rounds):
             for framework in frameworks:
                 for mode in MODES[index % 3:] + MODES[:index % 3]:
-                    with server(framework, mode, env, bench.token) as base:
-                        load(base, bench.token, 1.0)  # warm-up: imports, caches, keep-alive connections
-                        results[framework][mode].append(load(base, bench.token, seconds))
+                    for attempt in (1, 2):  # a failed measurement is retried once with a new server, then left out
+                        try:
+                            with server(framework, mode, env, bench.token) as base:
+                                load(base, bench.token, 1.0)  # warm-up: imports, caches, keep-alive connections
+                                results[framework][mode].append(load(base, bench.token, seconds))
+                            break
+                        except (RuntimeError, subprocess.SubprocessError) as exc:
+                            print(f"round {index + 1} {framework} {mode}: attempt {attempt} failed: {exc}",
+                                  file=sys.stderr)
+                            failures.append(f"{framework}/{mode}")
+                    else:
+                        continue
                     print(f"round {index + 1} {framework:9} {mode:4} {results[framework][mode][-1]:9,.0f} req/s",
                           file=sys.stderr)
     finally:
@@ -208,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| server | bare | ours | hand-rolled | ours / bare | hand-rolled / bare |")
     print("| --- | --- | --- | --- | --- | --- |")
     for framework, modes in results.items():
+        if not all(modes.values()):
+            print(f"| {framework} | no measurement in some mode |")
+            continue
         med = {mode: statistics.median(values) for mode, values in modes.items()}
         spread = {mode: f"{med[mode]:,.0f} ({min(v):,.0f}-{max(v):,.0f})" for mode, v in modes.items()}
         server_name = "uvicorn" if framework in ("starlette", "fastapi") else "gunicorn sync"
@@ -216,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         summary[framework] = {"bare": round(med["bare"]), "ours": round(med["ours"]), "hand": round(med["hand"]),
                               "ours_vs_bare": round(med["ours"] / med["bare"], 3),
                               "hand_vs_bare": round(med["hand"] / med["bare"], 3)}
+    if failures:
+        print(f"\nfailed measurements (retried or left out): {', '.join(failures)}")
+        summary["failures"] = failures
     print()
     print(json.dumps(summary))
     return 0

@@ -1,4 +1,5 @@
-"""Framework-free helpers shared by every adapter (Starlette, FastAPI, Flask, Django): building the verifier.
+"""Framework-free helpers shared by every adapter (Starlette, FastAPI, Flask, Django): building the verifier, and
+the read-only view of an adapter's gate and options its state object offers.
 
 The request pipeline itself is `k8s_jwt_auth.gate.Gate`; the options are `k8s_jwt_auth.options.AdapterOptions`.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from k8s_jwt_auth import ConfigurationError, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
+from k8s_jwt_auth.gate import Gate
+from k8s_jwt_auth.options import AdapterOptions, PathMatcher
 
-__all__ = ["build_verifier"]
+__all__ = ["GateView", "build_verifier"]
 
 
 def build_verifier(
@@ -33,3 +36,42 @@ def build_verifier(
         return verifier
     raise ConfigurationError(f"verifier must be a TokenVerifier, a VerifierConfig or None (to read the settings), "
                              f"not {type(verifier).__name__}")
+
+
+class GateView:
+    """The names an adapter's state object (Flask's `K8sJWTAuthState`, Django's `LoadedSettings`) has always
+    offered, read from its `gate` and `options`."""
+
+    __slots__ = ()
+    gate: Gate
+    options: AdapterOptions
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        """The shared verifier."""
+        return self.gate.verifier
+
+    @property
+    def policy(self) -> Policy:
+        """The service policy (`ALLOW`, `DRY_RUN`), applied to every authenticated request."""
+        return self.gate.policy
+
+    @property
+    def header(self) -> str:
+        """The header holding `Bearer <token>`, as configured."""
+        return self.options.header
+
+    @property
+    def realm(self) -> str | None:
+        """The `realm` of `WWW-Authenticate` challenges."""
+        return self.options.realm
+
+    @property
+    def optional(self) -> bool:
+        """Whether requests without bearer credentials go through anonymously (the enforcing layer)."""
+        return self.options.optional
+
+    @property
+    def exempt_paths(self) -> PathMatcher:
+        """The request paths the enforcing layer lets through."""
+        return self.options.exempt_paths

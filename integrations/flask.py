@@ -65,9 +65,9 @@ from k8s_jwt_auth.config import ENV_PREFIX, parse_list
 from k8s_jwt_auth.gate import AUTHENTICATE_ONLY, Gate
 from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
-from k8s_jwt_auth.options import AdapterOptions, PathMatcher, flag_option
+from k8s_jwt_auth.options import AdapterOptions, flag_option
 
-from ._common import build_verifier
+from ._common import GateView, build_verifier
 
 if TYPE_CHECKING:
     from k8s_jwt_auth.testing import FakeIssuer
@@ -123,7 +123,7 @@ _GUARDED_VIEWS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class K8sJWTAuthState:
+class K8sJWTAuthState(GateView):
     """Per-app state, `app.extensions["k8s_jwt_auth"]`: built once by `init_app`, never changed.
 
     Attributes:
@@ -140,36 +140,6 @@ class K8sJWTAuthState:
     options: AdapterOptions
     enforce: bool
     exempt_endpoints: frozenset[str]
-
-    @property
-    def verifier(self) -> TokenVerifier:
-        """The app's verifier."""
-        return self.gate.verifier
-
-    @property
-    def policy(self) -> Policy:
-        """The service policy (`K8S_JWT_AUTH_ALLOW`, `K8S_JWT_AUTH_DRY_RUN`)."""
-        return self.gate.policy
-
-    @property
-    def header(self) -> str:
-        """The header holding `Bearer <token>`."""
-        return self.options.header
-
-    @property
-    def realm(self) -> str | None:
-        """The `realm` of `WWW-Authenticate` challenges."""
-        return self.options.realm
-
-    @property
-    def optional(self) -> bool:
-        """In enforcing mode, whether requests without bearer credentials go through anonymously."""
-        return self.options.optional
-
-    @property
-    def exempt_paths(self) -> PathMatcher:
-        """Request paths the enforcing mode lets through."""
-        return self.options.exempt_paths
 
 
 class K8sJWTAuth:

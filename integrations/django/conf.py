@@ -34,10 +34,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConfig
+from k8s_jwt_auth import ConfigurationError, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.config import SETTINGS
 from k8s_jwt_auth.gate import Gate
 from k8s_jwt_auth.options import AdapterOptions, PathMatcher, flag_option
+
+from .._common import GateView
 
 __all__ = [
     "APP_LABEL",
@@ -111,7 +113,7 @@ class SettingsError(ImproperlyConfigured):  # type: ignore[misc]  # Django ships
 
 
 @dataclass(frozen=True, eq=False)
-class LoadedSettings:
+class LoadedSettings(GateView):
     """Validated `K8S_JWT_AUTH`, with the one `TokenVerifier` (inside the `Gate`) built from it.
 
     Attributes:
@@ -126,39 +128,15 @@ class LoadedSettings:
     map_to_users: bool = False
 
     @property
-    def verifier(self) -> TokenVerifier:
-        """The shared verifier."""
-        return self.gate.verifier
-
-    @property
-    def policy(self) -> Policy:
-        """The service policy (`ALLOW`, `DRY_RUN`), applied to every authenticated request."""
-        return self.gate.policy
-
-    @property
     def exempt(self) -> PathMatcher:
-        """Matcher of the exempt paths."""
+        """Matcher of the exempt paths (`exempt_paths`)."""
         return self.options.exempt_paths
-
-    @property
-    def optional(self) -> bool:
-        """Whether requests without bearer credentials pass as anonymous."""
-        return self.options.optional
-
-    @property
-    def header(self) -> str:
-        """The header holding the bearer token, as configured."""
-        return self.options.header
 
     @property
     def meta_key(self) -> str:
         """That header's `request.META` key (`HTTP_AUTHORIZATION`)."""
         return self.options.meta_key
 
-    @property
-    def realm(self) -> str | None:
-        """The challenge realm."""
-        return self.options.realm
 
 
 def load_settings(raw: object) -> LoadedSettings:

@@ -56,12 +56,17 @@ def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
             raise RuntimeError(f"server did not start: {' '.join(command)}")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL after 10 s (bounded waits)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def load(base: str, token: str, requests: int, threads: int) -> float:

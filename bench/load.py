@@ -43,6 +43,7 @@ APPS = os.path.join(HERE, "apps")
 sys.path.insert(0, APPS)
 
 from frameworks import FRAMEWORKS, MODES, Bench  # noqa: E402
+from http_overhead import stop  # noqa: E402
 
 CONNECTIONS = 32
 UVICORN_WORKERS = 1
@@ -108,12 +109,7 @@ def server(framework: str, mode: str, env: dict[str, str], token: str) -> Iterat
             time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
         log.close()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from k8s_jwt_auth import AuthError, ServiceUnavailable
+from k8s_jwt_auth.gate import IdentityMemo
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 __all__ = [
@@ -44,20 +45,11 @@ def auth_scopes(workload: WorkloadIdentity) -> tuple[str, ...]:
     `authenticated`, `workload`, `namespace:<ns>`, `serviceaccount:<ns>:<sa>`, one `audience:<aud>` per
     audience, and `pod-bound` for tokens bound to a pod.
     """
-    # A cached token verifies to the same (immutable) identity object: its scopes are built once. An entry holds
-    # its workload, so its id is not reused while cached; bounded, thread-safe (single dict operations).
-    hit = _SCOPES.get(id(workload))
-    if hit is not None and hit[0] is workload:
-        return hit[1]
-    scopes = _build_scopes(workload)
-    if len(_SCOPES) >= _SCOPES_MAX:
-        _SCOPES.clear()
-    _SCOPES[id(workload)] = (workload, scopes)
-    return scopes
+    scopes = _SCOPES.get(workload)  # a cached token verifies to the same identity object: built once
+    return scopes if scopes is not None else _SCOPES.put(workload, _build_scopes(workload))
 
 
-_SCOPES: dict[int, tuple[WorkloadIdentity, tuple[str, ...]]] = {}
-_SCOPES_MAX = 1024
+_SCOPES: IdentityMemo[tuple[str, ...]] = IdentityMemo()
 
 
 def _build_scopes(workload: WorkloadIdentity) -> tuple[str, ...]:

@@ -209,7 +209,7 @@ class K8sJWTAuthMiddleware:
                                          path=scope.get("path", ""), method=scope.get("method"), transport=kind)
         workload = outcome.workload
         if workload is not None:
-            scope["auth"], scope["user"] = AuthCredentials(auth_scopes(workload)), WorkloadUser(workload, self.gate)
+            scope["auth"], scope["user"] = credentials_for(workload, self.gate)
         elif outcome.error is not None:
             await self._reject(scope, receive, send, outcome.error)
             return

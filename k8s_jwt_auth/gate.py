@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from .audit import audit_allowed, audit_refused, fingerprint, printable
 from .errors import AuthError, InvalidToken, ServiceUnavailable
@@ -44,7 +44,7 @@ from .identity import WorkloadIdentity
 from .policy import Decision, Policy
 from .verifier import TokenVerifier
 
-__all__ = ["AUTHENTICATE_ONLY", "Credentials", "Gate", "Outcome", "bearer_credentials", "refuse"]
+__all__ = ["AUTHENTICATE_ONLY", "Credentials", "Gate", "IdentityMemo", "Outcome", "bearer_credentials", "refuse"]
 
 Credentials = str | bytes | Sequence[str | bytes] | None
 """What an adapter read: the credentials header's value, every value of a repeated header, or `None`."""
@@ -87,7 +87,35 @@ class Outcome:
 
 
 _ANONYMOUS: Final = Outcome()
-_DECIDED_MAX: Final = 1024  # cached policy decisions per gate (distinct callers seen recently)
+_V = TypeVar("_V")
+
+
+class IdentityMemo(Generic[_V]):
+    """Values derived from a verified identity (and one more object, e.g. a policy), remembered by object identity.
+
+    A cached token verifies to the same immutable `WorkloadIdentity` object, so a repeat caller reuses what was
+    derived from it (a policy decision, Starlette's auth scopes). Each entry holds its identity and key, so no `id`
+    is reused while it is remembered; at most `maxsize` entries (all dropped when full); thread-safe (single dict
+    operations).
+    """
+
+    __slots__ = ("_entries", "_maxsize")
+
+    def __init__(self, maxsize: int = 1024) -> None:
+        self._entries: dict[tuple[int, int], tuple[WorkloadIdentity, object, _V]] = {}
+        self._maxsize = maxsize
+
+    def get(self, workload: WorkloadIdentity, key: object = None) -> _V | None:
+        """The value remembered for this very identity object and key, or `None`."""
+        hit = self._entries.get((id(workload), id(key)))
+        return hit[2] if hit is not None and hit[0] is workload and hit[1] is key else None
+
+    def put(self, workload: WorkloadIdentity, value: _V, key: object = None) -> _V:
+        """Remember `value` for this identity object and key; returns it."""
+        if len(self._entries) >= self._maxsize:
+            self._entries.clear()
+        self._entries[(id(workload), id(key))] = (workload, key, value)
+        return value
 
 
 def bearer_credentials(credentials: Credentials) -> str | None:
@@ -97,25 +125,10 @@ def bearer_credentials(credentials: Credentials) -> str | None:
         InvalidToken: `malformed` (not `Bearer <token>`, or the header is repeated), `too_large`.
     """
     if credentials is None or isinstance(credentials, (str, bytes)):
-        return _bearer(credentials)
+        return bearer_token(credentials)
     if len(credentials) > 1:
         raise InvalidToken("the request has more than one credentials header", reason="malformed")
-    return _bearer(credentials[0]) if credentials else None
-
-
-def _bearer(value: str | bytes | None) -> str | None:
-    """`bearer_token`, with a fast path for the usual `Bearer <token>` (same answers: the token has no whitespace
-    at either end nor a space or tab inside, so `bearer_token`'s strip/partition/checks would give it unchanged)."""
-    if type(value) is bytes:
-        value = value.decode("latin-1")
-    if type(value) is str and value.startswith("Bearer ") and len(value) <= _FAST_MAX:
-        token = value[7:]
-        if token and not token[0].isspace() and not token[-1].isspace() and " " not in token and "\t" not in token:
-            return token
-    return bearer_token(value)
-
-
-_FAST_MAX = 64 * 1024  # bearer_token refuses longer values (too_large): those take its path
+    return bearer_token(credentials[0]) if credentials else None
 
 
 class Gate:
@@ -136,10 +149,9 @@ class Gate:
         self.verifier = verifier
         self.policy = policy if policy is not None else verifier.policy
         self.logger = logger if logger is not None else _LOGGER
-        # (id(workload), id(policy)) -> (workload, policy, admitted outcome): policies and identities are
-        # immutable, and a cached token verifies to the same identity object, so a repeated caller skips the
-        # policy evaluation. Entries hold their workload and policy (no id is reused while cached); bounded.
-        self._decided: dict[tuple[int, int], tuple[WorkloadIdentity, Policy, Outcome]] = {}
+        # admitted outcomes by (identity, policy): policies and identities are immutable, so a repeated caller
+        # skips the policy evaluation
+        self._decided: IdentityMemo[Outcome] = IdentityMemo()
 
     def __repr__(self) -> str:
         return f"Gate(policy={self.policy!r}, logger={self.logger.name!r})"
@@ -222,10 +234,9 @@ class Gate:
             PolicyDenied: the policy denies the workload and is not in dry-run mode.
         """
         chosen = self.policy if policy is None else policy
-        key = (id(workload), id(chosen))
-        hit = self._decided.get(key)
-        if hit is not None and hit[0] is workload and hit[1] is chosen:
-            return hit[2]
+        hit = self._decided.get(workload, chosen)
+        if hit is not None:
+            return hit
         if chosen.is_open:
             outcome = Outcome(workload)
         else:
@@ -235,10 +246,7 @@ class Gate:
                 self.logger.warning("policy dry run: %s would be %s (token %s)", workload.username,
                                     decision.explanation, workload.token_fingerprint or "-")
                 return outcome
-        if len(self._decided) >= _DECIDED_MAX:
-            self._decided.clear()
-        self._decided[key] = (workload, chosen, outcome)
-        return outcome
+        return self._decided.put(workload, outcome, chosen)
 
     def _admitted(self, outcome: Outcome, policy: Policy | None, path: str, method: str | None,
                   transport: str) -> Outcome:

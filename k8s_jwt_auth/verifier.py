@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from . import _claims
 from ._cache import TAIL, CachedToken, CacheInfo, TokenCache
@@ -111,7 +111,7 @@ class TokenVerifier:
                        if config.token_cache_size > 0 else None)
         self._token_store = self.shared if config.redis_share_tokens else None  # verified tokens, namespace "v"
         self._shared_hits = self._shared_misses = 0
-        self._strings: dict[str, str] = {}  # see _shared_strings
+        self._strings: dict[str, str] = {}  # see _one
         self._audience_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.observer = observer
         if observer is not None and getattr(self.keys, "observer", False) is None:  # a RemoteKeySource's hook
@@ -367,10 +367,13 @@ class TokenVerifier:
             raise InvalidToken("the token is not bound to a pod", reason="not_pod_bound", claim="kubernetes.io")
         warn_after = fields.pop("warn_after", None)
         jti = payload.get("jti")
-        self._share_repeated(fields)
+        for name in _REPEATED_FIELDS:  # values that repeat across tokens: one object each, so that a cached
+            value = fields.get(name)   # identity holds only what is its own (pod, jti, times)
+            if type(value) is str:
+                fields[name] = _one(self._strings, value)
         return WorkloadIdentity(
-            issuer=self._one(issuer),
-            audiences=self._one_tuple(audiences),
+            issuer=_one(self._strings, issuer),
+            audiences=_one(self._audience_tuples, audiences),
             token_id=jti if isinstance(jti, str) else None,
             stale=warn_after is not None and now > warn_after,
             trust_domain=config.trust_domain,
@@ -383,27 +386,14 @@ class TokenVerifier:
             **fields,
         )
 
-    def _share_repeated(self, fields: dict[str, Any]) -> None:
-        """Values that repeat across tokens (namespace, service account, node...) become one object each: a cached
-        identity then holds only what is its own (pod, jti, times)."""
-        table = self._strings
-        room = len(table) < _MAX_SHARED_STRINGS
-        for name in _REPEATED_FIELDS:
-            value = fields.get(name)
-            if type(value) is str:
-                fields[name] = table.setdefault(value, value) if room else table.get(value, value)
 
-    def _one(self, value: str) -> str:
-        """The one object for this string value (a bounded table of the values that repeat)."""
-        table = self._strings
-        return table.setdefault(value, value) if len(table) < _MAX_SHARED_STRINGS else table.get(value, value)
+_MAX_SHARED_STRINGS = 10_000
+_Shared = TypeVar("_Shared", str, tuple[str, ...])
 
-    def _one_tuple(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        """The one tuple for this list of audiences (as `_one`)."""
-        table = self._audience_tuples
-        if len(table) < _MAX_SHARED_STRINGS:
-            return table.setdefault(values, values)
-        return table.get(values, values)
+
+def _one(table: dict[_Shared, _Shared], value: _Shared) -> _Shared:
+    """The one object for this value in a bounded table of values that repeat (issuer, namespace, audiences...)."""
+    return table.setdefault(value, value) if len(table) < _MAX_SHARED_STRINGS else table.get(value, value)
 
 
 def _times(iat: float | None, nbf: float | None, exp: float | None, warn_after: float | None) -> dict[str, Any]:
@@ -414,7 +404,6 @@ def _times(iat: float | None, nbf: float | None, exp: float | None, warn_after: 
 
 
 _REPEATED_FIELDS = ("subject", "namespace", "service_account", "service_account_uid", "node_name", "node_uid")
-_MAX_SHARED_STRINGS = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ class TokenCache:
         clock: the verifier's clock (Unix seconds).
 
     Attributes:
-        entries: `hash(token)` → entry; read directly by the verifier's hot path.
+        entries: `hash(token)` → entry.
         hits: lookups answered from the cache.
         misses: lookups that went through full verification.
     """
@@ -89,19 +89,35 @@ class TokenCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    def hit(self, token: str | bytes) -> WorkloadIdentity | None:
+        """The hot path: the identity of a cached token that is usable now and whose key check (at most
+        `KEY_RECHECK` seconds old) stands, counted as a hit; else `None`, counting nothing (the caller goes on
+        with `find`)."""
+        entry = self._match(token)
+        if entry is not None:
+            now = self._clock()
+            if now < entry.valid_until and now < entry.check.until:
+                self.hits += 1
+                return entry.identity
+        return None
+
     def find(self, token: str | bytes, now: float) -> CachedToken | None:
         """The entry for `token` while it is usable at `now`, else `None` (counted as a miss).
 
         The caller then re-checks the entry's key and calls `reuse` (a hit) or `discard` (a miss).
         """
-        key = hash(token)
-        entry = self.entries.get(key)
-        if entry is not None and entry.tail == token[-TAIL:]:
+        entry = self._match(token)
+        if entry is not None:
             if now < entry.valid_until:
                 return entry
-            self.entries.pop(key, None)
+            self.entries.pop(hash(token), None)
         self.misses += 1
         return None
+
+    def _match(self, token: str | bytes) -> CachedToken | None:
+        """The entry stored for this token: its hash and its last `TAIL` characters both match."""
+        entry = self.entries.get(hash(token))
+        return entry if entry is not None and entry.tail == token[-TAIL:] else None
 
     def reuse(self, entry: CachedToken, key: VerificationKey, now: float) -> bool:
         """Whether `key`, what the key source hands out now for the entry's kid, is the key material that

@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from . import _claims
-from ._cache import TAIL, CachedToken, CacheInfo, TokenCache
+from ._cache import CachedToken, CacheInfo, TokenCache
 from ._flow import Flow, arun, run
 from ._jws import ParsedToken, decode_payload, parse
 from ._lazy_claims import LazyClaims
@@ -240,13 +240,7 @@ class TokenVerifier:
         cache = self._cache
         if cache is None or self.observer is not None or self.reviewer is not None:
             return None
-        entry = cache.entries.get(hash(token)) if type(token) is str or type(token) is bytes else None
-        if entry is not None and entry.tail == token[-TAIL:]:
-            now = self._clock()
-            if now < entry.valid_until and now < entry.check.until:
-                cache.hits += 1
-                return entry.identity
-        return None
+        return cache.hit(token) if type(token) is str or type(token) is bytes else None
 
     def _observe(self) -> Observation | Unobserved:
         """Times the call for the observer (outcome, reason, seconds, cache hit); a shared no-op without one."""

@@ -251,15 +251,14 @@ def _state(app: Flask | None = None) -> K8sJWTAuthState:
 
 
 class _RequestAuth:
-    """What the extension knows about one request, kept on `g` and on the request object.
+    """What the extension knows about one request, kept on the request object (and on `g`, its documented home).
 
-    It is tied to the request object: requests made inside one outer `app.app_context()` share `g`.
+    Found through the request object, not `g`: requests made inside one outer `app.app_context()` share `g`.
     """
 
-    __slots__ = ("admitted_by", "error", "gated", "request", "responding", "workload")
+    __slots__ = ("admitted_by", "error", "gated", "responding", "workload")
 
-    def __init__(self, request: object) -> None:
-        self.request = request
+    def __init__(self) -> None:
         self.gated = False  # whether `workload` passed a gate
         self.workload: WorkloadIdentity | None = None
         self.error: AuthError | None = None  # the refusal, once the request is refused
@@ -273,7 +272,7 @@ def _record(current: Request | None = None) -> _RequestAuth:
     record = current.__dict__.get(_G_KEY)  # kept on the request too: found again without a proxy hop
     if isinstance(record, _RequestAuth):
         return record
-    record = _RequestAuth(current)
+    record = _RequestAuth()
     setattr(g, _G_KEY, record)  # documented home (g._k8s_jwt_auth); g may outlive the request (outer app context)
     current.__dict__[_G_KEY] = record
     return record

@@ -46,7 +46,7 @@ from k8s_jwt_auth.identity import WorkloadIdentity
 
 from .conf import LoadedSettings, get_settings, logger, sensitive_token
 
-__all__ = ["K8sJWTAuthBackend", "WorkloadUser", "configured_backend"]
+__all__ = ["K8sJWTAuthBackend", "WorkloadUser", "configured_backend", "require_user"]
 
 _NOT_STORED = "a WorkloadUser is not stored in the database (set MAP_TO_USERS for user-model rows)"
 
@@ -188,7 +188,7 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
         gate, found = get_settings().loaded.gate, []
 
         def check(workload: WorkloadIdentity) -> None:
-            found.append(self._required(workload, self.user_for_workload(request, workload)))
+            found.append(require_user(workload, self.user_for_workload(request, workload)))
 
         outcome = gate.admit(_bearer(k8s_token), path=_path(request), method=_method(request), check=check)
         return found[0] if outcome.error is None else None
@@ -201,7 +201,7 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
         gate, found = get_settings().loaded.gate, []
 
         async def check(workload: WorkloadIdentity) -> None:
-            found.append(self._required(workload, await self.auser_for_workload(request, workload)))
+            found.append(require_user(workload, await self.auser_for_workload(request, workload)))
 
         outcome = await gate.aadmit(_bearer(k8s_token), path=_path(request), method=_method(request), check=check)
         return found[0] if outcome.error is None else None
@@ -265,12 +265,18 @@ class K8sJWTAuthBackend(BaseBackend):  # type: ignore[misc]  # Django ships no t
         user = self.configure_user(request, user, created=created)
         return user if self.user_can_authenticate(user) else None
 
-    @staticmethod
-    def _required(workload: WorkloadIdentity, user: Any) -> Any:
-        if user is None:
-            raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
-                               workload=workload)
-        return user
+
+
+def require_user(workload: WorkloadIdentity, user: Any) -> Any:
+    """The user a workload maps to; no user (unknown with `create_unknown_user` off, or inactive) refuses it.
+
+    Raises:
+        PolicyDenied: the workload has no active user.
+    """
+    if user is None:
+        raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
+                           workload=workload)
+    return user
 
 
 _BACKENDS: weakref.WeakKeyDictionary[LoadedSettings, K8sJWTAuthBackend] = weakref.WeakKeyDictionary()

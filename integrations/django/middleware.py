@@ -35,13 +35,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.django needs Django: pip install "k8s-jwt-auth[django]"') from exc
 
-from k8s_jwt_auth import AlreadyInstalled, AuthError, Decision, Policy, PolicyDenied
+from k8s_jwt_auth import AlreadyInstalled, AuthError, Decision, Policy
 from k8s_jwt_auth.audit import audit_allowed
 from k8s_jwt_auth.gate import Outcome, refuse
 from k8s_jwt_auth.http import bearer_token, error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from .backends import K8sJWTAuthBackend, WorkloadUser, configured_backend
+from .backends import K8sJWTAuthBackend, WorkloadUser, configured_backend, require_user
 from .conf import LoadedSettings, get_settings, logger, sensitive_token
 
 __all__ = ["K8sJWTAuthMiddleware", "aadmit", "admit", "auth_error_response", "log_admitted", "log_refusal",
@@ -88,10 +88,7 @@ def _set_user(request: HttpRequest, user: Any) -> None:
 
 def _attach(request: HttpRequest, workload: WorkloadIdentity, user: Any) -> None:
     """Put the workload and its user on the request; no user (inactive, unknown) refuses it."""
-    if user is None:
-        raise PolicyDenied(f"workload {workload.namespace}/{workload.service_account} has no active user",
-                           workload=workload)
-    _set_user(request, user)
+    _set_user(request, require_user(workload, user))
     request.workload = workload
 
 

@@ -1,12 +1,13 @@
 """Helpers shared by the ASGI adapters (Starlette, FastAPI, generic ASGI), on raw ASGI scopes.
 
 Nothing here imports a web framework. The adapters read the credentials with `header_values`, hand them to
-`k8s_jwt_auth.gate.Gate` and render its outcome.
+`k8s_jwt_auth.gate.Gate` and render its outcome. The ASGI types are Starlette's (`starlette.types`), spelled
+here so that the generic middleware needs no framework.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from k8s_jwt_auth import AuthError, ServiceUnavailable
@@ -14,14 +15,25 @@ from k8s_jwt_auth.gate import IdentityMemo
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 __all__ = [
+    "ASGIApp",
     "STATE_KEY",
     "WS_CLOSE_POLICY_VIOLATION",
     "WS_CLOSE_TRY_AGAIN_LATER",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
     "auth_scopes",
     "header_values",
     "route_path",
     "websocket_close_code",
 ]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATE_KEY = "k8s_jwt_auth"
 """The `app.state` attribute holding the app's `TokenVerifier` (set by `k8s_jwt_auth.integrations.fastapi.install`)."""

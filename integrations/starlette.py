@@ -51,27 +51,20 @@ try:
     )
     from starlette.requests import HTTPConnection
     from starlette.responses import Response
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Scope
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError('k8s_jwt_auth.integrations.starlette needs Starlette: pip install "k8s-jwt-auth[starlette]"'
                       ) from exc
 
-from k8s_jwt_auth import (
-    AlreadyInstalled,
-    AuthError,
-    ConfigurationError,
-    InvalidToken,
-    Policy,
-    TokenVerifier,
-    VerifierConfig,
-)
+from k8s_jwt_auth import AuthError, ConfigurationError, InvalidToken, Policy, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.gate import Gate
 from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
-from k8s_jwt_auth.options import AdapterOptions
 
-from ._asgi_common import STATE_KEY, auth_scopes, header_values, route_path, websocket_close_code
+from . import asgi
+from ._asgi_common import STATE_KEY, auth_scopes, header_values, websocket_close_code
 from ._common import build_verifier
+from .asgi import keyword_options
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -145,11 +138,12 @@ def auth_error_response(exc: AuthError, realm: str | None = None) -> Response:
     return Response(rendered.json_bytes(), status_code=rendered.status, headers=dict(rendered.headers))
 
 
-class K8sJWTAuthMiddleware:
+class K8sJWTAuthMiddleware(asgi.K8sJWTAuthMiddleware):
     """Pure ASGI middleware that verifies `Authorization: Bearer <token>` on every HTTP and websocket request.
 
     The enforcing layer of the policy model (docs/policy-model.md): every non-exempt request passes the service
-    policy; a route's `require_workload(...)` rules (FastAPI) apply on top.
+    policy; a route's `require_workload(...)` rules (FastAPI) apply on top. It is the generic ASGI middleware
+    (`k8s_jwt_auth.integrations.asgi`) storing the workload the Starlette way, in `scope["user"]`/`scope["auth"]`.
 
     Args:
         app: the ASGI app to protect.
@@ -174,6 +168,10 @@ class K8sJWTAuthMiddleware:
         AlreadyInstalled: `app` is already wrapped by a `K8sJWTAuthMiddleware` (or our `WorkloadAuthBackend`).
     """
 
+    _logger = logger
+    _install_once = ("add K8sJWTAuthMiddleware (or AuthenticationMiddleware with WorkloadAuthBackend) once; give a "
+                     "route its own rules with require_workload()")
+
     def __init__(
         self,
         app: ASGIApp,
@@ -186,65 +184,19 @@ class K8sJWTAuthMiddleware:
         realm: str | None = None,
         websocket: bool = True,
     ) -> None:
-        _refuse_second(app)
-        self.app = app
-        self.options = keyword_options(header=header, exempt_paths=exempt_paths, optional=optional, realm=realm)
-        self.gate = Gate(build_verifier(verifier), policy=policy, logger=logger)
-        self.verifier, self.policy = self.gate.verifier, self.gate.policy
-        self.optional, self.realm = self.options.optional, self.options.realm
-        self._exempt = self.options.exempt_paths
-        self._key = self.options.header_key
-        self._types = frozenset({"http", "websocket"} if websocket else {"http"})
+        super().__init__(app, verifier, exempt_paths=exempt_paths, optional=optional, header=header, realm=realm,
+                         policy=policy, websocket=websocket)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind not in self._types:
-            await self.app(scope, receive, send)
-            return
-        if self._exempt and self._exempt(route_path(scope)):
+    def _store(self, scope: Scope, workload: WorkloadIdentity | None) -> None:
+        """`scope["auth"]`, `scope["user"]`: the workload's credentials, or anonymous ones."""
+        if workload is None:
             scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
-            await self.app(scope, receive, send)
-            return
-        outcome = await self.gate.aadmit(header_values(scope, self._key), optional=self.optional,
-                                         path=scope.get("path", ""), method=scope.get("method"), transport=kind)
-        workload = outcome.workload
-        if workload is not None:
-            scope["auth"], scope["user"] = credentials_for(workload, self.gate)
-        elif outcome.error is not None:
-            await self._reject(scope, receive, send, outcome.error)
-            return
         else:
-            scope["auth"], scope["user"] = AuthCredentials(), UnauthenticatedUser()
-        await self.app(scope, receive, send)
+            scope["auth"], scope["user"] = credentials_for(workload, self.gate)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, exc: AuthError) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": websocket_close_code(exc), "reason": exc.reason})
-            return
-        await auth_error_response(exc, self.realm)(scope, receive, send)
-
-
-def keyword_options(*, header: object = None, exempt_paths: object = None, optional: object = None,
-                    realm: object = None) -> AdapterOptions:
-    """The shared adapter options given as keywords (`header=`...), parsed as every adapter parses them.
-
-    Raises:
-        ConfigurationError: an invalid value, naming the keyword.
-    """
-    return AdapterOptions.parse({"HEADER": header, "EXEMPT_PATHS": exempt_paths, "OPTIONAL": optional,
-                                 "REALM": realm}, lambda suffix: f"{suffix.lower()}=")
-
-
-def _refuse_second(app: ASGIApp) -> None:
-    """Raise `AlreadyInstalled` when `app` (or an app it wraps, through `.app`) already authenticates workloads."""
-    node: object = app
-    for _ in range(64):  # middleware stacks are short; bounded all the same
-        if isinstance(node, K8sJWTAuthMiddleware) or isinstance(getattr(node, "backend", None), WorkloadAuthBackend):
-            raise AlreadyInstalled("this ASGI app", "add K8sJWTAuthMiddleware (or AuthenticationMiddleware with "
-                                   "WorkloadAuthBackend) once; give a route its own rules with require_workload()")
-        node = getattr(node, "app", None)
-        if node is None:
-            return
+    @classmethod
+    def _authenticates(cls, node: object) -> bool:
+        return super()._authenticates(node) or isinstance(getattr(node, "backend", None), WorkloadAuthBackend)
 
 
 class WorkloadAuthenticationError(AuthenticationError):

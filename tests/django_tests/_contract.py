@@ -4,8 +4,8 @@ Every adapter serves the same three routes with the same meaning (`contract_urls
 
 * `/service` — protected by the service policy only (the verifier's `ALLOW`): by the enforcing layer, by a route-layer
   gate without rules, or both, as the deployment's `layers` say;
-* `/route` — a route-layer gate with the route's own rules `payments/*` and `!payments/batch` (not on Starlette,
-  which has no route layer);
+* `/route` — a route-layer gate with the route's own rules `payments/*` and `!payments/batch` (not on Starlette and
+  the generic ASGI and WSGI middlewares, which have no route layer: `ENFORCING_ONLY`);
 * `/healthz` — no gate; exempt from the enforcing layer when `EXEMPT_PATHS` lists it.
 
 Each answers 200 with `{"workload": "<ns>/<sa>" or null}`. `deploy(...)` builds an app for a `Deployment` and yields a
@@ -13,8 +13,11 @@ Each answers 200 with `{"workload": "<ns>/<sa>" or null}`. `deploy(...)` builds 
 parsed from JSON.
 
 The shared options are given by suffix (`HEADER`, `REALM`, `OPTIONAL`, `EXEMPT_PATHS`) and passed the way each
-framework takes them: keywords for Starlette and FastAPI (`header=`; FastAPI's `require_workload` takes `header` and
-`realm`, its middleware all four), `app.config["K8S_JWT_AUTH_..."]` for Flask, `K8S_JWT_AUTH["..."]` for Django.
+framework takes them: keywords for Starlette, FastAPI and the generic ASGI/WSGI middlewares (`header=`; FastAPI's
+`require_workload` takes `header` and `realm`, its middleware all four), `app.config["K8S_JWT_AUTH_..."]` for Flask,
+`K8S_JWT_AUTH["..."]` for Django. The generic middlewares wrap a bare ASGI app (driven by Starlette's `TestClient`,
+lifespan included) and a bare WSGI app (werkzeug's test client), which answer with `scope["state"]["workload"]` and
+`environ["k8s_jwt_auth.workload"]`.
 The verifier is given as settings (by suffix, read the framework's way) or as a ready `TokenVerifier`.
 """
 
@@ -36,8 +39,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from werkzeug.test import Client as WerkzeugClient
 
 from k8s_jwt_auth import TokenVerifier, VerifierConfig, WorkloadIdentity
+from k8s_jwt_auth.integrations import asgi, wsgi
 from k8s_jwt_auth.integrations.django.checks import MIDDLEWARE_PATH
 from k8s_jwt_auth.integrations.django.conf import get_settings
 from k8s_jwt_auth.integrations.fastapi import Workload, install, require_workload
@@ -48,9 +53,11 @@ from tests._asgi import TestClient
 from . import contract_urls
 from .contract_urls import RULES, workload_name
 
-__all__ = ["ADAPTERS", "Deployment", "Driver", "Reply", "deploy", "install_twice", "setting_name"]
+__all__ = ["ADAPTERS", "ENFORCING_ONLY", "Deployment", "Driver", "Reply", "deploy", "install_twice", "setting_name"]
 
-ADAPTERS = ("starlette", "fastapi", "flask", "django", "django-async", "drf")
+ADAPTERS = ("starlette", "fastapi", "flask", "django", "django-async", "drf", "asgi", "wsgi")
+ENFORCING_ONLY = frozenset({"starlette", "asgi", "wsgi"})
+"""The adapters that have only the enforcing layer (a middleware, no route-layer gates)."""
 OPTIONS = ("HEADER", "REALM", "OPTIONAL", "EXEMPT_PATHS")
 
 Headers = Sequence[tuple[str, str]]
@@ -89,7 +96,7 @@ class Deployment:
 
 def setting_name(adapter: str, suffix: str) -> str:
     """How a framework spells a shared option in its messages."""
-    if adapter in ("starlette", "fastapi"):
+    if adapter in ("starlette", "fastapi", "asgi", "wsgi"):
         return f"{suffix.lower()}="
     if adapter == "flask":
         return f"K8S_JWT_AUTH_{suffix}"
@@ -157,6 +164,44 @@ def _fastapi_app(verifier: VerifierSpec, options: Mapping[str, Any], layers: str
     if layers != "enforcing":
         install(app, built)
     return app
+
+
+# -- any ASGI app (TestClient) and any WSGI app (werkzeug's test client), bare -----------------------------------
+
+
+def _answer_bytes(path: str, workload: object) -> tuple[int, bytes]:
+    if path not in ("/service", "/healthz"):
+        return 404, b'{"detail":"not found"}'
+    return 200, json.dumps({"workload": workload_name(workload)}).encode()
+
+
+async def _bare_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI app: `/service` and `/healthz` answer with `scope["state"]["workload"]`."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    status, body = _answer_bytes(scope["path"], scope.get("state", {}).get("workload"))
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _bare_wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A bare WSGI app: `/service` and `/healthz` answer with `environ["k8s_jwt_auth.workload"]`."""
+    status, body = _answer_bytes(environ["PATH_INFO"], environ.get(wsgi.ENVIRON_KEY))
+    start_response(f"{status} {'OK' if status == 200 else 'Not Found'}", [("Content-Type", "application/json")])
+    return [body]
+
+
+class _WsgiDriver:
+    def __init__(self, app: Any) -> None:
+        self.client = WerkzeugClient(app)
+
+    def get(self, path: str, headers: Headers = ()) -> Reply:
+        response = self.client.get(path, headers=list(headers))  # werkzeug joins a repeated header with ", "
+        return Reply(response.status_code, {k.lower(): v for k, v in response.headers.items()},
+                     response.get_json(silent=True))
 
 
 # -- Flask (test client) -----------------------------------------------------------------------------------
@@ -269,6 +314,14 @@ def deploy(deployment: Deployment, verifier: VerifierSpec, options: Mapping[str,
             yield _TestClientDriver(client)
     elif adapter == "flask":
         yield _FlaskDriver(_flask_app(verifier, options, layers))
+    elif adapter in ("asgi", "wsgi"):
+        assert layers == "enforcing", "the generic middlewares have no route layer"
+        if adapter == "asgi":
+            with TestClient(asgi.K8sJWTAuthMiddleware(_bare_asgi_app, _verifier(verifier), **_keywords(options))
+                            ) as client:  # runs the lifespan through the middleware
+                yield _TestClientDriver(client)
+        else:
+            yield _WsgiDriver(wsgi.K8sJWTAuthMiddleware(_bare_wsgi_app, _verifier(verifier), **_keywords(options)))
     else:
         _configure_django(settings, adapter, verifier, options, [MIDDLEWARE_PATH] if deployment.enforcing else [],
                           layers == "enforcing")
@@ -297,6 +350,10 @@ def install_twice(adapter: str, verifier: TokenVerifier, settings: Any) -> None:
         auth, flask_app = K8sJWTAuth(verifier=verifier), Flask("contract")
         auth.init_app(flask_app)
         auth.init_app(flask_app)
+    elif adapter == "asgi":
+        asgi.K8sJWTAuthMiddleware(asgi.K8sJWTAuthMiddleware(_bare_asgi_app, verifier), verifier)
+    elif adapter == "wsgi":
+        wsgi.K8sJWTAuthMiddleware(wsgi.K8sJWTAuthMiddleware(_bare_wsgi_app, verifier), verifier)
     else:  # the middleware is constructed when the client's handler loads MIDDLEWARE, on its first request
         _configure_django(settings, adapter, verifier, {}, [MIDDLEWARE_PATH] * 2, False)
         if adapter == "django-async":

@@ -4,12 +4,15 @@ Adapters: `starlette` (K8sJWTAuthMiddleware), `fastapi` (install() + `Workload` 
 K8sJWTAuthMiddleware as its enforcing layer), `flask` (K8sJWTAuth + `@workload_required`, `K8S_JWT_AUTH_ENFORCE` as
 the enforcing layer), `django` (K8sJWTAuthMiddleware + `@workload_required` views, Client: WSGI, sync views),
 `django-async` (the same through AsyncClient with async views), `drf` (K8sJWTAuthentication + `workload_permission`,
-the Django middleware as the enforcing layer). The apps and their drivers are in `_contract.py`.
+the Django middleware as the enforcing layer), `asgi` (the generic ASGI K8sJWTAuthMiddleware around a bare ASGI app)
+and `wsgi` (the generic WSGI K8sJWTAuthMiddleware around a bare WSGI app). The apps and their drivers are in
+`_contract.py`.
 
 A deployment is an adapter with its layers (docs/policy-model.md): `enforcing` (the enforcing layer alone protects
-`/service`), `route` (route-layer gates only), `both`. Starlette has only the enforcing layer: the route-layer cases
-are not parametrized with it. A test that runs one deployment per adapter is parametrized by the adapter's name
-(`flask`); one that runs several layers of an adapter by `<adapter>-<layers>` (`flask-route`).
+`/service`), `route` (route-layer gates only), `both`. Starlette and the generic ASGI and WSGI middlewares have only
+the enforcing layer (`ENFORCING_ONLY`): the route-layer cases are not parametrized with them. A test that runs one
+deployment per adapter is parametrized by the adapter's name (`flask`); one that runs several layers of an adapter by
+`<adapter>-<layers>` (`flask-route`).
 
 Every answer is checked for its status, `reason`, `error`, headers (`WWW-Authenticate`, `Retry-After`) and its audit
 records (`k8s_jwt_auth.audit`: one per decision, never the token); message wording is never asserted.
@@ -31,11 +34,22 @@ from k8s_jwt_auth.testing import FakeIssuer
 from tests._asgi import MALFORMED_HEADERS, UnavailableKeys, bad_tokens
 from tests._audit import audit_dicts, capture, leaks
 
-from ._contract import ADAPTERS, Deployment, Driver, Headers, Reply, VerifierSpec, deploy, install_twice, setting_name
+from ._contract import (
+    ADAPTERS,
+    ENFORCING_ONLY,
+    Deployment,
+    Driver,
+    Headers,
+    Reply,
+    VerifierSpec,
+    deploy,
+    install_twice,
+    setting_name,
+)
 
 ENFORCING = [Deployment(adapter, "enforcing") for adapter in ADAPTERS]
-ROUTE = [Deployment(adapter, "route") for adapter in ADAPTERS if adapter != "starlette"]
-BOTH = [Deployment(adapter, "both") for adapter in ADAPTERS if adapter != "starlette"]
+ROUTE = [Deployment(adapter, "route") for adapter in ADAPTERS if adapter not in ENFORCING_ONLY]
+BOTH = [Deployment(adapter, "both") for adapter in ADAPTERS if adapter not in ENFORCING_ONLY]
 ONE_LAYER = ENFORCING + ROUTE
 EVERY = ENFORCING + ROUTE + BOTH
 
@@ -371,8 +385,8 @@ def test_header_option(running: Callable[..., Caller], issuer: FakeIssuer, deplo
 def _refused_at_setup(app: Deploy, deployment: Deployment, suffix: str, value: object) -> None:
     """The deployment refuses the option at setup, naming it as its framework spells it."""
     name = setting_name(deployment.adapter, suffix)
-    expected: type[Exception] = ConfigurationError if deployment.adapter in ("starlette", "fastapi", "flask") \
-        else SettingsError
+    expected: type[Exception] = SettingsError if deployment.adapter in ("django", "django-async", "drf") \
+        else ConfigurationError
     with pytest.raises(expected) as raised, app(deployment, **{suffix: value}):
         pass  # pragma: no cover - never served
     assert str(raised.value).startswith(name), str(raised.value)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from ._flow import wait_async
 from ._jwks_fetch import Fetcher, FetchResult, JwksFetcher, fetch_within
 from ._keyset import DEFAULT_MAX_KEYS, KeySet, VerificationKey
+from ._observer import FetchEvent, Hooks
 from ._shared_fetch import DEFAULT_SHARED_KEYS_MAX_AGE, SharedJwksFetcher
 from ._transport import DEFAULT_CONNECT_TIMEOUT, FetchError
 from ._validate import seconds
@@ -135,8 +136,8 @@ class RemoteKeySource:
         wall_clock: Unix seconds (`time.time`), for the fetch times of key sets shared with other processes.
         shared_keys_max_age: with `shared`, a key set another process fetched is taken only if it was fetched
             at most this many seconds ago; otherwise this process asks the issuer (and publishes what it gets).
-        observer: told the outcome of every fetch (`on_fetch`); a `TokenVerifier` given an observer sets it
-            when it is `None`.
+        observer: told about every fetch (`on_fetch`, or `on_fetch_event` with the duration and URL); a
+            `TokenVerifier` given an observer sets it when it is `None`.
         shared: a store shared by processes and pods (e.g. `k8s_jwt_auth.redis_cache.RedisCache`): fetched
             key sets are shared through it, so a fleet fetches once per refresh (see `SharedJwksFetcher`).
 
@@ -403,18 +404,26 @@ class RemoteKeySource:
             self._settle(future)
 
     def _run(self, seq: int, future: Future[None] | None) -> FetchError | None:
+        start = time.perf_counter()
         try:
-            self._succeeded(seq, self._via.fetch())
+            result = self._via.fetch()
+            self._report(start, result)
+            self._succeeded(seq, result)
         except FetchError as exc:
+            self._report(start, exc)
             return self._failed(seq, exc)
         finally:
             self._settle(future)
         return None
 
     async def _run_async(self, seq: int, future: Future[None] | None) -> FetchError | None:
+        start = time.perf_counter()
         try:
-            self._succeeded(seq, await self._fetch_async())
+            result = await self._fetch_async()
+            self._report(start, result)
+            self._succeeded(seq, result)
         except FetchError as exc:
+            self._report(start, exc)
             return self._failed(seq, exc)
         finally:  # also when the caller is cancelled: waiters must not wait for a fetch nobody runs
             self._settle(future)
@@ -430,9 +439,20 @@ class RemoteKeySource:
         if future is not None and not future.done():
             future.set_result(None)
 
+    def _report(self, start: float, outcome: FetchResult | FetchError) -> None:
+        """Tell the observer how a fetch that began at `start` (`time.perf_counter()`) ended."""
+        if self.observer is None:
+            return
+        seconds, issuer = time.perf_counter() - start, self.fetcher.issuer
+        if isinstance(outcome, FetchError):
+            event = FetchEvent(outcome=outcome.kind, seconds=seconds, issuer=issuer, url=outcome.url,
+                               status=outcome.status)
+        else:
+            event = FetchEvent(outcome="success", seconds=seconds, issuer=issuer, url=outcome.jwks_uri,
+                               keys=len(outcome.keys), shared=outcome.shared)
+        Hooks(self.observer).fetch(event)
+
     def _succeeded(self, seq: int, result: FetchResult) -> None:
-        if self.observer is not None:
-            self.observer.on_fetch("success")
         max_age = self._effective_max_age(result.max_age)
         fetched_at = self._clock() - min(max(result.age, 0.0), max_age)  # a shared document may be older
         with self._lock:
@@ -447,8 +467,6 @@ class RemoteKeySource:
                      ", ".join(str(k) for k in result.keys.kids), max_age)
 
     def _failed(self, seq: int, error: FetchError) -> FetchError:
-        if self.observer is not None:
-            self.observer.on_fetch(error.kind)
         now = self._clock()
         with self._lock:
             if seq < self._applied:

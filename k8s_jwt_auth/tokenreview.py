@@ -72,6 +72,7 @@ import httpx
 from cachetools import TTLCache
 
 from ._flow import Flow, arun, run, wait_async
+from ._observer import UNOBSERVED, Hooks, ReviewObservation, Unobserved
 from ._review_result import (
     EXTRA_CREDENTIAL_ID,
     EXTRA_NODE_NAME,
@@ -103,6 +104,7 @@ from .errors import ConfigurationError, InvalidToken, TokenReviewUnavailable
 from .identity import WorkloadIdentity
 
 if TYPE_CHECKING:
+    from ._observer import Observer
     from ._shared import SharedStore
     from .config import VerifierConfig
 
@@ -192,6 +194,7 @@ class _Post:
 _Op = Union[_Wait, _SharedGet, _SharedSet, _Post]  # noqa: UP007 - runtime alias on 3.10
 _Outcome = Union[TokenReviewResult, TokenReviewUnavailable]  # noqa: UP007
 _Flow = Flow[_Op, WorkloadIdentity]
+_Seen = Union[ReviewObservation, Unobserved]  # noqa: UP007
 
 
 
@@ -225,6 +228,8 @@ class TokenReviewer:
             threads together; a request finding them all busy waits for one (at most `timeout`).
         keep_alive: keep connections open between reviews (the default). `False` opens a new connection for
             every review: each one may then reach another API server replica behind a load balancer.
+        observer: told about every review (`on_review_event`, see `k8s_jwt_auth._observer`); a `TokenVerifier`
+            given an observer sets it when it is `None`.
 
     Call `close()` (or `await aclose()`) when done to close the kept-alive connections at once (they are
     closed anyway when idle for `KEEPALIVE_EXPIRY` seconds, and when an event loop shuts down); the reviewer
@@ -254,6 +259,7 @@ class TokenReviewer:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_connections: int = 32,
         keep_alive: bool = True,
+        observer: Observer | None = None,
     ) -> None:
         problem = url_problem(url, allow_insecure_http)
         if problem is not None:
@@ -290,6 +296,8 @@ class TokenReviewer:
         self._retry_at = -math.inf
         self._outage: str | None = None  # the error of the failure that started the current outage
         self._last_error: str | None = None
+        self.observer = observer
+        self._hooks: Hooks | None = None  # the observer's optional event methods, looked up on first use
 
     @classmethod
     def from_config(
@@ -326,10 +334,11 @@ class TokenReviewer:
             InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
             TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
         """
-        flow = self._start(token, identity)
-        if isinstance(flow, WorkloadIdentity):
-            return flow
-        return run(flow, self._do)
+        with self._observe() as seen:
+            flow = self._start(token, identity, seen)
+            reviewed = flow if isinstance(flow, WorkloadIdentity) else run(flow, self._do)
+            seen.fallback = reviewed is identity  # only a fallback hands the local identity back
+            return reviewed
 
     async def review_async(self, token: str | bytes, identity: WorkloadIdentity) -> WorkloadIdentity:
         """Like `review`, for event loops: `httpx.AsyncClient`, the store's async methods, no blocking wait.
@@ -338,10 +347,12 @@ class TokenReviewer:
             InvalidToken: `token_revoked`, `expired`, `bad_audience` or `claim_mismatch` (see the module).
             TokenReviewUnavailable: the API server gave no usable answer (and no fallback is configured).
         """
-        flow = self._start(token, identity)
-        if isinstance(flow, WorkloadIdentity):
-            return flow
-        return await arun(flow, self._do_async)  # closes the flow on cancellation: waiters are released
+        with self._observe() as seen:
+            flow = self._start(token, identity, seen)
+            # arun closes the flow on cancellation: waiters are released
+            reviewed = flow if isinstance(flow, WorkloadIdentity) else await arun(flow, self._do_async)
+            seen.fallback = reviewed is identity
+            return reviewed
 
     def close(self) -> None:
         """Close the kept-alive connections: the blocking client's now, each event loop's on that loop.
@@ -370,12 +381,26 @@ class TokenReviewer:
 
     # -- the flow, written once --------------------------------------------------------------------
 
-    def _start(self, token: str | bytes, identity: WorkloadIdentity) -> WorkloadIdentity | _Flow:
+    def _observe(self) -> _Seen:
+        """Times the call for an observer with `on_review_event`; a shared no-op otherwise."""
+        observer = self.observer
+        if observer is None:
+            return UNOBSERVED
+        self._hooks = hooks = Hooks.of(observer, self._hooks)
+        if hooks.review_event is None:
+            return UNOBSERVED
+        return ReviewObservation(hooks.review_event, self._cache is not None or self.shared is not None,
+                                 self.review_url)
+
+    def _start(self, token: str | bytes, identity: WorkloadIdentity, seen: _Seen) -> WorkloadIdentity | _Flow:
         """The reviewed identity already built for this identity and answer, else the flow to run."""
         text = _text(token)
         key = self._key(text)
         known = self._memorised(key, identity)
-        return known if known is not None else self._flow(text, identity, key)
+        if known is None:
+            return self._flow(text, identity, key, seen)
+        seen.cached = True
+        return known
 
     def _key(self, token: str) -> bytes:
         """The cache and shared-store key: the token's digest with the audiences asked for (never the token)."""
@@ -409,16 +434,18 @@ class TokenReviewer:
                 self._memo = {k: m for k, m in self._memo.items() if self._cache.get(k) is m[0]}  # type: ignore[union-attr]
             self._memo[key] = (entry, identity, reviewed)
 
-    def _flow(self, token: str, identity: WorkloadIdentity, key: bytes) -> _Flow:
+    def _flow(self, token: str, identity: WorkloadIdentity, key: bytes, seen: _Seen) -> _Flow:
         until = self._until(identity)
         cached, joined, lead = self._plan(key)
         outcome: _Outcome | None = cached
         if outcome is None and joined is not None:
             yield _Wait(joined)
             outcome = self._joined(joined)
+        if isinstance(outcome, TokenReviewResult):  # from the cache, or a concurrent review's answer
+            seen.cached = True
         if outcome is None:
             try:
-                outcome = yield from self._obtain(token, key, until)
+                outcome = yield from self._obtain(token, key, until, seen)
             finally:
                 self._settle(key, lead, outcome)
         reviewed = self._apply(outcome, identity, token)
@@ -426,13 +453,14 @@ class TokenReviewer:
             self._memorise(key, outcome, identity, reviewed)
         return reviewed
 
-    def _obtain(self, token: str, key: bytes, until: float) -> Flow[_Op, _Outcome]:
+    def _obtain(self, token: str, key: bytes, until: float, seen: _Seen) -> Flow[_Op, _Outcome]:
         """Shared store, else a request; the answer is cached and shared. Never raises for "unavailable"."""
         if self.shared is not None and until > self._clock():
             value = yield _SharedGet(key)
             entry = decode_entry(value, self._clock()) if isinstance(value, bytes) else None
             if entry is not None:
                 self._remember(key, Entry(entry.result, min(entry.until, until)), shared_hit=True)
+                seen.cached = True
                 return entry.result
         if not self._may_request():
             return self._backing_off()
@@ -440,6 +468,7 @@ class TokenReviewer:
             post = _Post(self.review_url, self._body(token), self._auth_headers())
         except FetchError as exc:
             return self._failed(exc, None)
+        seen.requested = True
         response = yield post
         if isinstance(response, FetchError):
             return self._failed(response, None)

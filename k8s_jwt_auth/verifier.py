@@ -39,7 +39,7 @@ from ._cache import CachedToken, CacheInfo, TokenCache
 from ._flow import Flow, arun, run
 from ._jws import ParsedToken, decode_payload, parse
 from ._lazy_claims import LazyClaims
-from ._observer import UNOBSERVED, Observation, Observer, Unobserved
+from ._observer import UNOBSERVED, Hooks, Observation, Observer, Unobserved
 from .config import VerifierConfig
 from .errors import ConfigurationError, InvalidToken
 from .identity import WorkloadIdentity
@@ -68,8 +68,10 @@ class TokenVerifier:
         clock: the current time in Unix seconds; inject a fixed one in tests.
         policy: the policy integrations apply; by default built from `config.allow` and `config.dry_run`
             (pass a `Policy` for rules with audience or claim conditions).
-        observer: told about every verification and key fetch, e.g. `k8s_jwt_auth.metrics.Metrics(registry)`;
-            also attached to a `RemoteKeySource` that has no observer yet.
+        observer: told about every verification, key fetch and TokenReview call, e.g.
+            `k8s_jwt_auth.metrics.Metrics(registry)`, `k8s_jwt_auth.otel.Tracing()`, or several in
+            `k8s_jwt_auth.otel.Observers`; also attached to a `RemoteKeySource` or `TokenReviewer` that has no
+            observer yet.
         shared: a cache shared by replicas (`k8s_jwt_auth.redis_cache.RedisCache`) for key sets, TokenReview
             answers and, only with `config.redis_share_tokens` (off by default), verified tokens; by default one
             is built when `config.redis_url` is set.
@@ -114,8 +116,11 @@ class TokenVerifier:
         self._strings: dict[str, str] = {}  # see _one
         self._audience_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.observer = observer
+        self._hooks: Hooks | None = None  # the observer's optional event methods, looked up on first use
         if observer is not None and getattr(self.keys, "observer", False) is None:  # a RemoteKeySource's hook
             self.keys.observer = observer  # type: ignore[attr-defined]
+        if observer is not None and getattr(self.reviewer, "observer", False) is None:
+            self.reviewer.observer = observer  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self.config.issuer!r}, audiences={self.config.audiences!r})"
@@ -140,7 +145,8 @@ class TokenVerifier:
             else:
                 identity = run(self._verification(token), self._do)
             if self.reviewer is not None:
-                return self.reviewer.review(token, identity)
+                identity = self.reviewer.review(token, identity)
+            seen.identity = identity
             return identity
 
     async def verify_async(self, token: str | bytes) -> WorkloadIdentity:
@@ -162,7 +168,8 @@ class TokenVerifier:
             else:
                 identity = await arun(self._verification(token), self._do_async)
             if self.reviewer is not None:
-                return await self.reviewer.review_async(token, identity)
+                identity = await self.reviewer.review_async(token, identity)
+            seen.identity = identity
             return identity
 
     def cache_info(self) -> CacheInfo | None:
@@ -243,10 +250,13 @@ class TokenVerifier:
         return cache.hit(token) if type(token) is str or type(token) is bytes else None
 
     def _observe(self) -> Observation | Unobserved:
-        """Times the call for the observer (outcome, reason, seconds, cache hit); a shared no-op without one."""
-        if self.observer is None:
+        """Times the call for the observer (outcome, reason, seconds, cache hit, identity); a shared no-op
+        without one."""
+        observer = self.observer
+        if observer is None:
             return UNOBSERVED
-        return Observation(self.observer, self._cache is not None)
+        self._hooks = hooks = Hooks.of(observer, self._hooks)
+        return Observation(hooks, self._cache is not None)
 
     def _parse(self, token: object) -> tuple[ParsedToken, str, str | None]:
         parsed = parse(token, self._max_size)

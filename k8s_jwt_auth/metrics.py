@@ -24,6 +24,12 @@ key fetch seen by this `Metrics` (NaN before the first one, and with static keys
 Without `prometheus_client` installed, `Metrics` is a no-op (`enabled` is `False`): code that creates it
 runs unchanged. Metrics objects register into the `registry` given (default `prometheus_client.REGISTRY`),
 so tests pass a fresh `CollectorRegistry` each. Use one `Metrics` per registry (names would clash).
+
+For metrics and OpenTelemetry traces together, combine the observers:
+`TokenVerifier(config, observer=Observers(Metrics(), Tracing()))` (`Observers` is re-exported here and in
+`k8s_jwt_auth.otel`, where `Tracing` lives). `Metrics` takes the two base observer methods only: it does
+not count TokenReview calls (their outcomes are in `k8s_jwt_auth_verifications_total` as `reason`
+`token_revoked`, `review_unavailable`...; `TokenReviewer.cache_info()` counts the requests sent).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._observer import Observer, VerifyOutcome
+from ._observer import Observer, Observers, VerifyOutcome
 
 try:
     import prometheus_client
@@ -43,7 +49,7 @@ except ImportError:  # the [prometheus] extra is not installed: every Metrics is
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["DEFAULT_BUCKETS", "Metrics", "Observer", "VerifyOutcome"]
+__all__ = ["DEFAULT_BUCKETS", "Metrics", "Observer", "Observers", "VerifyOutcome"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,

@@ -46,7 +46,7 @@ from k8s_jwt_auth.otel import (
 )
 from k8s_jwt_auth.testing import FakeClock, FakeIssuer
 
-from ._asgi import bad_tokens, static_verifier
+from ._asgi import TestClient, bad_tokens, bearer, static_verifier
 from ._stores import MemoryStore
 
 
@@ -360,6 +360,71 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.01)
+
+
+class SpanPerRequest:
+    """What OpenTelemetry's ASGI middleware does for Starlette/FastAPI: the request runs in a span of its own
+    (the instrumentation packages are not installed here; the context handling is the same)."""
+
+    def __init__(self, app: Any, provider: TracerProvider) -> None:
+        self.app, self.tracer = app, provider.get_tracer("asgi")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.app(scope, receive, send)
+            return
+        with self.tracer.start_as_current_span(f"{scope['method']} {scope['path']}"):
+            await self.app(scope, receive, send)
+
+
+def test_under_a_traced_starlette_app(issuer: FakeIssuer, provider: TracerProvider, tracing: Tracing,
+                                      exporter: InMemorySpanExporter) -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    verifier = TokenVerifier(static_verifier(issuer).config, observer=tracing)
+    app = Starlette(routes=[Route("/", hello)], middleware=[Middleware(SpanPerRequest, provider=provider),
+                                                             Middleware(K8sJWTAuthMiddleware, verifier=verifier)])
+    with TestClient(app) as client:
+        assert client.get("/", headers=bearer(issuer.mint("payments", "api"))).status_code == 200
+        assert client.get("/", headers=bearer("not-a-jwt")).status_code == 401
+    ok, ok_request, refused, refused_request = spans(exporter)
+    for verify, request in ((ok, ok_request), (refused, refused_request)):
+        assert (verify.name, request.name) == (SPAN_VERIFY, "GET /")
+        assert verify.parent is not None and request.context is not None
+        assert verify.parent.span_id == request.context.span_id
+    assert (attributes(ok)["k8s.namespace.name"], attributes(refused)["k8s_jwt_auth.reason"]) == \
+        ("payments", "malformed")
+
+
+def test_under_a_traced_flask_app(issuer: FakeIssuer, provider: TracerProvider, tracing: Tracing,
+                                  exporter: InMemorySpanExporter) -> None:
+    from flask import Flask
+
+    from k8s_jwt_auth.integrations.flask import K8sJWTAuth, get_current_workload
+
+    app = Flask(__name__)
+    app.add_url_rule("/", "hello", lambda: get_current_workload().namespace)  # type: ignore[union-attr]
+    K8sJWTAuth(app, verifier=TokenVerifier(static_verifier(issuer).config, observer=tracing))
+    wsgi_app, tracer = app.wsgi_app, provider.get_tracer("wsgi")
+
+    def traced(environ: Any, start_response: Any) -> Any:  # as OpenTelemetry's WSGI middleware does
+        with tracer.start_as_current_span(f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}"):
+            return wsgi_app(environ, start_response)
+
+    app.wsgi_app = traced  # type: ignore[method-assign]
+    assert app.test_client().get("/", headers=bearer(issuer.mint("payments", "api"))).status_code == 200
+    verify, request = spans(exporter)
+    assert (verify.name, request.name) == (SPAN_VERIFY, "GET /")
+    assert verify.parent is not None and request.context is not None
+    assert verify.parent.span_id == request.context.span_id
 
 
 # -- combining observers -------------------------------------------------------------------------------

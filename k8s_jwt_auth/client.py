@@ -30,20 +30,44 @@ clients refuse any other object as `auth=` except a callable `(request) -> reque
 as well, and this module never imports httpx2. (After `httpx2.alias_httpx()`, `httpx` *is* httpx2 and it is an
 `httpx2.Auth` subclass.)
 
+Other clients, from the same `TokenFile` logic (each loaded on first use, so the core needs neither grpcio nor
+requests; the module's `__getattr__` raises an `ImportError` naming the extra to install when it is missing):
+
+* `RequestsTokenAuth(path)` — a `requests.auth.AuthBase` for `requests` sessions (extra `requests`);
+* `grpc_call_credentials(path)` — `grpc.CallCredentials` for TLS channels (extra `grpc`);
+* `GrpcTokenInterceptor(path)` — a sync gRPC client interceptor for the four call types, for any channel;
+* `AioGrpcTokenInterceptor(path)` — the four `grpc.aio` client interceptors, as one `interceptors=` sequence.
+
+```python
+session.auth = RequestsTokenAuth(path)
+channel = grpc.intercept_channel(grpc.insecure_channel(target), GrpcTokenInterceptor(path))
+channel = grpc.aio.insecure_channel(target, interceptors=AioGrpcTokenInterceptor(path))
+```
+
 Errors: `TokenFileError` (an `OSError`) when the file is missing, unreadable, empty or does not hold a
 token. Its message names the path and the fix; the token itself is never in a message, a log or a `repr`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Generator, MutableMapping
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import httpx
 
+if TYPE_CHECKING:  # loaded on first use by __getattr__: grpcio and requests are optional
+    from ._grpc_client import AioGrpcTokenInterceptor as AioGrpcTokenInterceptor
+    from ._grpc_client import GrpcTokenInterceptor as GrpcTokenInterceptor
+    from ._grpc_client import grpc_call_credentials as grpc_call_credentials
+    from ._requests_auth import RequestsTokenAuth as RequestsTokenAuth
+
 __all__ = ["DEFAULT_TOKEN_PATH", "ServiceAccountTokenAuth", "TokenFile", "TokenFileError", "read_token"]
+# not in __all__: `from k8s_jwt_auth.client import *` must work without grpcio or requests installed
+_LAZY = {"AioGrpcTokenInterceptor": "_grpc_client", "GrpcTokenInterceptor": "_grpc_client",
+         "grpc_call_credentials": "_grpc_client", "RequestsTokenAuth": "_requests_auth"}
 
 DEFAULT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 """The pod's default service-account token, used when no path is given."""
@@ -205,3 +229,22 @@ def _signature(st: os.stat_result) -> _Signature:
 def _is_token(token: bytes) -> bool:
     """Printable ASCII without spaces: anything else cannot go into an `Authorization` header."""
     return all(0x21 <= byte <= 0x7E for byte in token)
+
+
+def __getattr__(name: str) -> object:
+    """Load the clients that need an optional package (grpcio, requests) on first use.
+
+    Raises:
+        ImportError: the package is not installed; the message names the extra (`pip install "k8s-jwt-auth[grpc]"`).
+        AttributeError: no such name.
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

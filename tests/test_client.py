@@ -1,4 +1,5 @@
-"""ServiceAccountTokenAuth and read_token: real httpx and httpx2 requests (sync and async) to servers on 127.0.0.1."""
+"""ServiceAccountTokenAuth, RequestsTokenAuth and read_token: real httpx, httpx2 and requests clients (sync and
+async) to servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import httpx
 import httpx2
 import pytest
+import requests
+import requests.auth
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -21,11 +24,18 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from k8s_jwt_auth import TokenVerifier, VerifierConfig
-from k8s_jwt_auth.client import DEFAULT_TOKEN_PATH, ServiceAccountTokenAuth, TokenFile, TokenFileError, read_token
+from k8s_jwt_auth.client import (
+    DEFAULT_TOKEN_PATH,
+    RequestsTokenAuth,
+    ServiceAccountTokenAuth,
+    TokenFile,
+    TokenFileError,
+    read_token,
+)
 from k8s_jwt_auth.integrations.starlette import K8sJWTAuthMiddleware
 from k8s_jwt_auth.testing import FakeIssuer
 
-from ._threaded import echo_server, uvicorn_server
+from ._threaded import JsonHandler, echo_server, handler_server, uvicorn_server
 
 TOKEN_A = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLWE"
 TOKEN_B = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiIn0.c2lnbmF0dXJlLWI"
@@ -339,6 +349,82 @@ def test_the_whole_library_runs_on_httpx2_after_alias_httpx(tmp_path: Path, echo
     proc = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"Bearer {TOKEN_A}", "system:serviceaccount:payments:api 1"]
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+def requests_sent(session: requests.Session, url: str) -> str | None:
+    response = session.get(url, timeout=5)
+    assert response.status_code == 200
+    header: str | None = response.json()["authorization"]
+    return header
+
+
+def test_requests_session_sends_the_token_and_follows_rotation(tmp_path: Path, echo: str) -> None:
+    volume = KubeletVolume(tmp_path, TOKEN_A)
+    auth = RequestsTokenAuth(volume.path)
+    assert isinstance(auth, requests.auth.AuthBase)
+    with requests.Session() as session:
+        session.auth = auth
+        assert requests_sent(session, echo) == f"Bearer {TOKEN_A}"
+        assert requests_sent(session, echo) == f"Bearer {TOKEN_A}"
+        volume.write(TOKEN_B)  # no sleep: the next request sends the new token
+        assert requests_sent(session, echo) == f"Bearer {TOKEN_B}"
+        write_atomic(volume.path.resolve(), TOKEN_C)  # a rewrite of the file itself is seen too
+        assert requests_sent(session, echo) == f"Bearer {TOKEN_C}"
+    assert auth.token_file.reads == 3
+    assert requests.get(echo, auth=auth, timeout=5).json() == {"authorization": f"Bearer {TOKEN_C}"}  # per request
+
+
+def test_requests_missing_file_fails_the_request_clearly(tmp_path: Path, echo: str) -> None:
+    path = tmp_path / "absent" / "token"
+    with requests.Session() as session, pytest.raises(TokenFileError) as info:
+        session.get(echo, auth=RequestsTokenAuth(path), timeout=5)
+    assert info.value.filename == str(path) and "serviceAccountToken" in str(info.value)
+
+
+def test_requests_never_sends_the_token_to_another_host_on_redirect(tmp_path: Path, echo: str) -> None:
+    """A redirect from 127.0.0.1 to localhost: requests drops the header, and our auth is not applied again."""
+    port = echo.rsplit(":", 1)[1]
+
+    class Redirect(JsonHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{port}/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    path = tmp_path / "token"
+    path.write_text(TOKEN_A)
+    with handler_server(Redirect) as (_, url), requests.Session() as session:
+        response = session.get(url, auth=RequestsTokenAuth(path), timeout=5)
+    assert response.history[0].status_code == 302
+    assert response.json() == {"authorization": None}
+
+
+def test_requests_auth_repr_holds_no_token(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN_A)
+    auth = RequestsTokenAuth(path)
+    auth.token_file.token()
+    assert repr(auth) == f"RequestsTokenAuth(path={str(path)!r})" and TOKEN_A not in repr(vars(auth))
+    assert RequestsTokenAuth().path == DEFAULT_TOKEN_PATH
+
+
+def test_requests_threads_share_one_auth(tmp_path: Path, echo: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN_A)
+    auth = RequestsTokenAuth(path)
+
+    def worker(_: int) -> set[str | None]:
+        with requests.Session() as session:
+            session.auth = auth
+            return {requests_sent(session, echo) for _ in range(5)}
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert set().union(*pool.map(worker, range(8))) == {f"Bearer {TOKEN_A}"}
+    assert auth.token_file.reads <= 4
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
 For Starlette, FastAPI, Flask and Django, the same hello-world route three ways (bench/apps/frameworks.py):
 bare, with our adapter (cached RS256 token, service policy with one allow rule) and with the hand-rolled glue
 (PyJWT `jwt.decode` with a preloaded key + `cachetools.TTLCache` keyed by the token, checking iss/aud/exp and the
-same allow rule) written idiomatically for that framework.
+same allow rule) written idiomatically for that framework. Two more rows measure the framework-free middlewares
+around a bare hello-world callable (here): the generic ASGI `K8sJWTAuthMiddleware` against the same hand-rolled pure
+ASGI middleware, and the WSGI `K8sJWTAuthMiddleware` against a hand-rolled WSGI middleware.
 
 The apps are called in process, no server, no sockets: an ASGI app is awaited with a copy of a prebuilt scope and
 no-op receive/send (one event loop, many requests per measurement); a WSGI app (Flask, Django's `WSGIHandler`
@@ -41,9 +43,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps"))
 
-from frameworks import FRAMEWORKS, MODES, Bench, build  # noqa: E402
+from frameworks import FRAMEWORKS, MODES, Bench, HandRolled, HandRolledASGI, build  # noqa: E402
 
-ASGI = ("starlette", "fastapi")
+GENERIC = ("asgi", "wsgi")  # our framework-free middlewares around a bare app
+ADAPTERS = FRAMEWORKS + GENERIC
+ASGI = ("starlette", "fastapi", "asgi")
 BURSTS = 3  # per round and mode: the best of 3 bursts (other processes on the 2 cores only ever add time)
 
 Runner = Callable[[int], float]  # runs n requests, returns seconds
@@ -123,11 +127,61 @@ def wsgi_runner(app: Any, token: str) -> Runner:
     return many
 
 
+# -- the bare apps of the generic middlewares, and their hand-rolled glue ------------------------------------
+
+_START = {"type": "http.response.start", "status": 200,
+          "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")]}
+_BODY = {"type": "http.response.body", "body": b"hello"}
+_401 = b'{"error":"invalid_token"}'
+
+
+async def hello_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI app."""
+    await send(_START)
+    await send(_BODY)
+
+
+def hello_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """A bare WSGI app."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+class HandRolledWSGI:
+    """The idiomatic WSGI middleware."""
+
+    def __init__(self, app: Any, glue: HandRolled) -> None:
+        self.app, self.glue = app, glue
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        claims = self.glue.claims(environ.get("HTTP_AUTHORIZATION"))
+        if claims is None:
+            start_response("401 Unauthorized", [("Content-Type", "application/json"), ("WWW-Authenticate", "Bearer")])
+            return [_401]
+        environ["claims"] = claims
+        return self.app(environ, start_response)
+
+
+def build_app(framework: str, mode: str, bench: Bench) -> Any:
+    """`frameworks.build`, and the bare apps of the generic ASGI and WSGI middlewares."""
+    if framework not in GENERIC:
+        return build(framework, mode, bench)
+    bare: Any = hello_asgi if framework == "asgi" else hello_wsgi
+    if mode == "bare":
+        return bare
+    if mode == "hand":
+        return (HandRolledASGI if framework == "asgi" else HandRolledWSGI)(bare, HandRolled(bench))
+    from k8s_jwt_auth.integrations import asgi, wsgi
+
+    middleware: Any = asgi.K8sJWTAuthMiddleware if framework == "asgi" else wsgi.K8sJWTAuthMiddleware
+    return middleware(bare, bench.verifier())
+
+
 def runners(bench: Bench, loop: asyncio.AbstractEventLoop) -> dict[tuple[str, str], Runner]:
     out = {}
-    for framework in FRAMEWORKS:
+    for framework in ADAPTERS:
         for mode in MODES:
-            app = build(framework, mode, bench)
+            app = build_app(framework, mode, bench)
             run = asgi_runner(app, bench.token, loop) if framework in ASGI else wsgi_runner(app, bench.token)
             run(200)  # warm: caches, lazily built middleware stacks
             out[framework, mode] = run
@@ -145,10 +199,10 @@ def measure(bench: Bench, rounds: int, seconds: float) -> dict[str, dict[str, li
     loop = asyncio.new_event_loop()
     try:
         table = runners(bench, loop)
-        counts = {framework: calibrate(table[framework, "ours"], seconds) for framework in FRAMEWORKS}
-        results: dict[str, dict[str, list[float]]] = {f: {m: [] for m in MODES} for f in FRAMEWORKS}
+        counts = {framework: calibrate(table[framework, "ours"], seconds) for framework in ADAPTERS}
+        results: dict[str, dict[str, list[float]]] = {f: {m: [] for m in MODES} for f in ADAPTERS}
         for index in range(rounds):
-            for framework in FRAMEWORKS:
+            for framework in ADAPTERS:
                 order = MODES[index % 3:] + MODES[:index % 3]  # rotate: no mode always runs first
                 n = counts[framework] // BURSTS
                 best = dict.fromkeys(MODES, float("inf"))
@@ -210,7 +264,8 @@ def summarise(results: dict[str, dict[str, list[float]]]) -> tuple[list[tuple[st
 
 
 _NAMES = {"starlette": "Starlette middleware", "fastapi": "FastAPI dependency (+ OpenAPI scheme)",
-          "flask": "Flask extension (ENFORCE)", "django": "Django middleware"}
+          "flask": "Flask extension (ENFORCE)", "django": "Django middleware",
+          "asgi": "ASGI middleware (bare ASGI app)", "wsgi": "WSGI middleware (bare WSGI app)"}
 
 
 def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -238,7 +293,7 @@ def profile(bench: Bench, framework: str, mode: str, requests: int, top: int) ->
     """cProfile `requests` requests of one app; print the top functions by own time, in µs per request."""
     loop = asyncio.new_event_loop()
     try:
-        app = build(framework, mode, bench)
+        app = build_app(framework, mode, bench)
         run = asgi_runner(app, bench.token, loop) if framework in ASGI else wsgi_runner(app, bench.token)
         run(500)
         profiler = cProfile.Profile()
@@ -264,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round (smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 25; --quick: 1)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement (default 0.08)")
-    parser.add_argument("--profile", choices=FRAMEWORKS, help="profile one framework's app instead")
+    parser.add_argument("--profile", choices=ADAPTERS, help="profile one framework's app instead")
     parser.add_argument("--mode", choices=MODES, default="ours", help="the mode --profile profiles")
     parser.add_argument("--top", type=int, default=25, help="functions --profile shows")
     args = parser.parse_args(argv)

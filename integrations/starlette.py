@@ -1,4 +1,4 @@
-"""Starlette (and any ASGI app): authenticate Kubernetes workloads with a pure ASGI middleware.
+"""Starlette and FastAPI: authenticate Kubernetes workloads with a pure ASGI middleware.
 
 ```python
 from starlette.applications import Starlette
@@ -29,7 +29,8 @@ policy denials, 503 with `Retry-After` when the token cannot be checked now; the
 `reason` code. Tokens are never logged: logs (logger `k8s_jwt_auth.integrations.starlette`) show the
 token's SHA-256 fingerprint.
 
-For Starlette's own `AuthenticationMiddleware`, use `WorkloadAuthBackend` with our `on_error`.
+For Starlette's own `AuthenticationMiddleware`, use `WorkloadAuthBackend` with our `on_error`. The middleware is
+the generic ASGI one (`k8s_jwt_auth.integrations.asgi`, for Litestar, Quart or a bare app) with Starlette's scope keys.
 
 In tests, `workload_client(app, issuer, namespace, service_account)` is a `TestClient` that calls as that workload,
 with a token minted by a `k8s_jwt_auth.testing.FakeIssuer`.

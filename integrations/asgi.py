@@ -76,7 +76,8 @@ class K8sJWTAuthMiddleware:
 
     Raises:
         ConfigurationError: for invalid settings or missing environment variables (at construction).
-        AlreadyInstalled: `app` is already wrapped by a `K8sJWTAuthMiddleware`.
+        AlreadyInstalled: `app` is already wrapped by a `K8sJWTAuthMiddleware` (or Starlette's
+            `AuthenticationMiddleware` with our `WorkloadAuthBackend`).
     """
 
     _logger: ClassVar[logging.Logger] = logger
@@ -151,10 +152,13 @@ class K8sJWTAuthMiddleware:
             if node is None:
                 return
 
-    @classmethod
-    def _authenticates(cls, node: object) -> bool:
-        """Whether `node` is one of our enforcing layers."""
-        return isinstance(node, K8sJWTAuthMiddleware)
+    @staticmethod
+    def _authenticates(node: object) -> bool:
+        """Whether `node` is one of our layers: this middleware (Starlette's included), or an authentication
+        middleware whose `backend` holds one of our gates (Starlette's `AuthenticationMiddleware` with
+        `WorkloadAuthBackend`)."""
+        return isinstance(node, K8sJWTAuthMiddleware) or isinstance(getattr(getattr(node, "backend", None), "gate",
+                                                                            None), Gate)
 
 
 def keyword_options(*, header: object = None, exempt_paths: object = None, optional: object = None,

@@ -195,10 +195,6 @@ class K8sJWTAuthMiddleware(asgi.K8sJWTAuthMiddleware):
         else:
             scope["auth"], scope["user"] = credentials_for(workload, self.gate)
 
-    @classmethod
-    def _authenticates(cls, node: object) -> bool:
-        return super()._authenticates(node) or isinstance(getattr(node, "backend", None), WorkloadAuthBackend)
-
 
 class WorkloadAuthenticationError(AuthenticationError):
     """Starlette's `AuthenticationError` carrying our `AuthError` (for `on_error`).

@@ -353,6 +353,23 @@ def test_installing_twice_raises(verifier: TokenVerifier) -> None:
         assert isinstance(raised.value, RuntimeError)
 
 
+def test_starlettes_middleware_is_this_one_and_either_refuses_the_other(verifier: TokenVerifier) -> None:
+    """One ASGI pipeline: Starlette's middleware subclasses this one (it stores `scope["user"]`/`scope["auth"]`);
+    either one around the other, or around `AuthenticationMiddleware` with our backend, is installed twice."""
+    from starlette.middleware.authentication import AuthenticationMiddleware
+
+    from k8s_jwt_auth.integrations import starlette
+
+    assert issubclass(starlette.K8sJWTAuthMiddleware, K8sJWTAuthMiddleware)
+    backend = AuthenticationMiddleware(Bare(), backend=starlette.WorkloadAuthBackend(verifier),
+                                       on_error=starlette.on_error)
+    for outer, inner in [(K8sJWTAuthMiddleware, starlette.K8sJWTAuthMiddleware(Bare(), verifier)),
+                         (starlette.K8sJWTAuthMiddleware, K8sJWTAuthMiddleware(Bare(), verifier)),
+                         (starlette.K8sJWTAuthMiddleware, backend), (K8sJWTAuthMiddleware, backend)]:
+        with pytest.raises(AlreadyInstalled):
+            outer(inner, verifier)
+
+
 def test_importing_it_loads_no_web_framework() -> None:
     code = ("import json, sys\nimport k8s_jwt_auth.integrations.asgi\n"
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'starlette', 'fastapi', 'litestar', "

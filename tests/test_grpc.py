@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -343,6 +345,23 @@ def test_rules_decide_per_method(issuer: FakeIssuer, serve: Callable[..., grpc.C
     ]
 
 
+def test_the_policy_model_table(issuer: FakeIssuer, serve: Callable[..., grpc.Channel]) -> None:
+    """docs/policy-model.md, section gRPC: a method's own rules replace the service policy, for that method."""
+    channel = serve(static_verifier(issuer, allow=["orders/*"]),
+                    rules={method("unary_unary"): ["payments/*", "!payments/batch"]})
+    table = {("payments", "worker"): ("OK", "PERMISSION_DENIED"), ("payments", "batch"): ("PERMISSION_DENIED",) * 2,
+             ("orders", "api"): ("PERMISSION_DENIED", "OK")}
+    for caller, expected in table.items():
+        seen = []
+        for kind in ("unary_unary", "stream_stream"):  # the method with rules, another one
+            try:
+                call(channel, kind, metadata=bearer(issuer.mint(*caller)), requests=1)
+                seen.append("OK")
+            except grpc.RpcError as error:
+                seen.append(error.code().name)
+        assert tuple(seen) == expected, caller
+
+
 def test_rules_precedence(issuer: FakeIssuer) -> None:
     interceptor = K8sJWTAuthInterceptor(static_verifier(issuer, allow=["svc/*"]), rules={
         "/*": "any/*",
@@ -486,6 +505,26 @@ def test_logs_never_hold_the_token(issuer: FakeIssuer, serve: Callable[..., grpc
 def test_the_interceptor_repr_holds_no_secret(issuer: FakeIssuer) -> None:
     text = repr(AioK8sJWTAuthInterceptor(static_verifier(issuer, allow=["a/*"]), rules={"/a.B/C": "x/y"}))
     assert text.startswith("AioK8sJWTAuthInterceptor(policy=Policy(['a/*']") and "rules=1" in text
+
+
+# -- the docs' testing recipe ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_the_docs_testing_recipe_passes(tmp_path: Path) -> None:
+    """docs/grpc.md's `# test_grpc_service.py` block, run as a user's test module (the k8s_issuer fixture from the
+    installed plugin, warnings as errors)."""
+    page = (REPO / "docs" / "grpc.md").read_text(encoding="utf-8")
+    (code,) = [block for block in re.findall(r"^```python\n(.*?)^```", page, re.S | re.M)
+               if block.startswith("# test_grpc_service.py\n")]
+    (tmp_path / "test_grpc_service.py").write_text(code, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -p no:randomly\n"
+                                         "filterwarnings = error\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("K8S_JWT_AUTH_", "PYTEST_"))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert re.search(r"^4 passed in", proc.stdout, re.M), proc.stdout[-2000:]
 
 
 # -- the benchmark's smoke run -----------------------------------------------------------------------------------

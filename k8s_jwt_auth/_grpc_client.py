@@ -11,8 +11,9 @@ Loaded by `k8s_jwt_auth.client` on first use of one of its names, so that the co
   `grpc.aio.insecure_channel(target, interceptors=AioGrpcTokenInterceptor(path))`.
 
 Each reads the token through a `TokenFile`: `stat`ed on every call, read again when the kubelet rotated it, so
-the next call sends the new token. A missing or broken file fails the call with `TokenFileError` (interceptors)
-or an `UNAVAILABLE` status whose details carry its message (call credentials); neither ever holds the token.
+the next call sends the new token. A missing or broken file fails the call: with `TokenFileError` (the sync
+interceptor), or with an `UNAVAILABLE` status whose details are its message (call credentials, and the aio
+interceptors, which raise it as a `grpc.aio.AioRpcError`); none ever holds the token.
 """
 
 from __future__ import annotations
@@ -164,9 +165,21 @@ class _AioInterceptor:
         return f"{type(self).__name__}(path={self.token_file.path!r})"
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*_metadata(self.token_file, details.metadata))
-        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
-                                          details.wait_for_ready)
+        """The call's details with the token.
+
+        Raises:
+            grpc.aio.AioRpcError: `UNAVAILABLE`, the token file is missing or broken: the details are the
+                `TokenFileError`'s message (its `__cause__`). grpc.aio expects an `AioRpcError` from interceptors:
+                releases up to at least 1.74 report any other exception again, in `InterceptedCall.__del__`, when
+                the call is garbage-collected (grpc/grpc#40964).
+        """
+        try:
+            token_metadata = _metadata(self.token_file, details.metadata)
+        except TokenFileError as exc:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details=str(exc)) from exc
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, grpc.aio.Metadata(*token_metadata),
+                                          details.credentials, details.wait_for_ready)
 
 
 class _AioUnaryUnary(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
@@ -212,8 +225,10 @@ class AioGrpcTokenInterceptor(Sequence[grpc.aio.ClientInterceptor]):
         path: the token file; default the pod's own token (`DEFAULT_TOKEN_PATH`).
 
     Raises:
-        TokenFileError: from the call (not at construction) when the file is missing, unreadable, empty or does
-            not hold a token.
+        grpc.aio.AioRpcError: from the call (not at construction), `UNAVAILABLE`, when the file is missing,
+            unreadable, empty or does not hold a token; the details name the file and the fix, and `__cause__` is
+            the `TokenFileError`. (grpc.aio handles an `AioRpcError` from interceptors; many grpcio releases report
+            any other exception a second time, when the call is garbage-collected: grpc/grpc#40964.)
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

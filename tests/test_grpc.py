@@ -7,6 +7,7 @@ one audit record and the token's absence from details and logs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k8s_jwt_auth import ConfigurationError, Policy, Rule, TokenVerifier, VerifierConfig
 from k8s_jwt_auth.integrations.grpc import (
@@ -450,6 +453,94 @@ def test_an_unknown_method_is_unimplemented_only_once_admitted(
         error = refused(channel, kind, name="/test.Echo/Nope", metadata=bearer(issuer.mint("payments", "worker")))
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert [r[0] for r in records(caplog)] == ["rejected_token", "allowed"] * 2
+
+
+# -- any metadata: one of our three statuses, never another exception -------------------------------------------
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _StubContext:
+    """A servicer context as the interceptors use it (the metadata; abort raises), for calls without a network."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+        self.status: Any = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def abort_with_status(self, status: Any) -> None:
+        self.status = status
+        raise _Aborted
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:
+        self.status = RefusalStatus(code, details, trailing_metadata)
+        raise _Aborted
+
+
+class _Details:
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method, self.invocation_metadata = "/test.Echo/UnaryUnary", metadata
+
+
+@pytest.fixture(scope="module")
+def fuzz_interceptors(k8s_issuer_session: FakeIssuer) -> tuple[K8sJWTAuthInterceptor, AioK8sJWTAuthInterceptor]:
+    verifier = static_verifier(k8s_issuer_session)
+    return K8sJWTAuthInterceptor(verifier), AioK8sJWTAuthInterceptor(verifier)
+
+
+REASONS = {"missing_token", "malformed", "too_large", "disallowed_algorithm", "unsupported_critical_header",
+           "unknown_key", "bad_signature", "bad_issuer", "bad_audience", "missing_claim", "expired", "not_yet_valid",
+           "issued_in_future", "too_old", "claim_mismatch", "legacy_token", "not_pod_bound"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.one_of(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
+                                 st.text(max_size=40).map(lambda t: f"Bearer {t}"),
+                                 st.lists(st.text(alphabet="abcXYZ-_019", min_size=1, max_size=30), min_size=1,
+                                          max_size=5).map(lambda parts: "Bearer " + ".".join(parts))),
+                       max_size=3))
+def test_any_authorization_metadata_is_refused_with_a_reason(
+    fuzz_interceptors: tuple[K8sJWTAuthInterceptor, AioK8sJWTAuthInterceptor], values: list[str],
+) -> None:
+    """Whatever a client sends as `authorization` (none, one or several values): UNAUTHENTICATED with a reason,
+    through the sync wrapper and the aio interceptor alike; never a handler run, never another exception."""
+    sync, aio = fuzz_interceptors
+    metadata = tuple(("authorization", value) for value in values)
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: pytest.fail("the handler ran"))
+    context = _StubContext(metadata)
+    with pytest.raises(_Aborted):
+        sync.intercept_service(lambda details: handler, _Details(metadata)).unary_unary(b"", context)  # type: ignore[arg-type,union-attr]
+
+    async def aio_call() -> Any:
+        refusal = await aio.intercept_service(_async_return(handler), _Details(metadata))  # type: ignore[arg-type]
+        assert refusal is not None and refusal.request_streaming and refusal.response_streaming
+        aio_context = _StubContext(metadata)
+        with pytest.raises(_Aborted):
+            await refusal.stream_stream(iter(()), aio_context)  # type: ignore[misc]
+        return aio_context.status
+
+    for status in (context.status, asyncio.run(aio_call())):
+        assert status.code == grpc.StatusCode.UNAUTHENTICATED
+        assert status.details.partition(": ")[0] in REASONS
+
+
+def _async_return(handler: Any) -> Callable[[Any], Any]:
+    async def continuation(details: Any) -> Any:
+        return handler
+
+    return continuation
+
+
+def test_the_method_memo_stays_bounded(issuer: FakeIssuer) -> None:
+    """A client sending ever new method names cannot grow the interceptor's per-method memo without bound."""
+    interceptor = K8sJWTAuthInterceptor(static_verifier(issuer), rules={"/a.B/*": "a/*"})
+    for i in range(10_000):
+        interceptor.policy_for(f"/a.B/M{i}")
+    assert len(interceptor._methods) <= 4096
 
 
 # -- where the check runs: never on the sync server's dispatch thread, never blocking the loop ----------------

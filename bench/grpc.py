@@ -347,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings["jwk"], settings["token"])
         return 0
     rounds = args.rounds or (1 if args.quick else 7)
-    calls = args.calls or (100 if args.quick else 2000)
-    seconds = args.seconds or (0.2 if args.quick else 2.0)
+    calls = args.calls or (50 if args.quick else 2000)
+    seconds = args.seconds or (0.1 if args.quick else 2.0)
     key = SigningKey.generate("RS256")
     token = sign(key, build_claims(issuer=ISSUER, audiences=[AUDIENCE], namespace="payments",
                                    service_account="api", pod="api-1", node="node-1", lifetime=3600))
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     with servers(key.public_jwk(), token) as targets:
         results = measure(targets, token, rounds, calls, seconds)
     rows, summary = summarise(results)
-    local = in_process(key.public_jwk(), token, 2000 if args.quick else 50000)
+    local = in_process(key.public_jwk(), token, 500 if args.quick else 50000)
     for server in SERVERS:
         summary[server]["in_process_us"] = round(local[server], 2)
     table(f"Per-call overhead on a cached token (median of {rounds} interleaved rounds; unary-unary, loopback)",

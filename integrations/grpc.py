@@ -45,11 +45,12 @@ streaming handler's response iterator, on the pool thread that runs the step, an
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Final, TypeAlias
@@ -374,12 +375,30 @@ class AioK8sJWTAuthInterceptor(_Interceptor, grpc.aio.ServerInterceptor):
         ConfigurationError: at construction, as `K8sJWTAuthInterceptor`.
     """
 
-    async def intercept_service(
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Coroutine[Any, Any, grpc.RpcMethodHandler[Any, Any] | None]:
+        """Verify the call's token and apply the method's policy; refuse it, or hand it to its handler.
+
+        Raises:
+            TypeError: called outside an event loop: by a sync `grpc.server`, which would otherwise get a
+                coroutine for a handler and lose its serving thread (every later call hanging until its
+                deadline); it logs this error and answers the call `UNKNOWN`. Use `K8sJWTAuthInterceptor` there.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise TypeError("AioK8sJWTAuthInterceptor serves grpc.aio.server(); give grpc.server() "
+                            "K8sJWTAuthInterceptor") from None
+        return self._intercept(continuation, handler_call_details)
+
+    async def _intercept(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Verify the call's token and apply the method's policy; refuse it, or hand it to its handler."""
         found = self._method(handler_call_details.method)
         if found.policy is None:
             return await continuation(handler_call_details)

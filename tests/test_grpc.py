@@ -593,6 +593,26 @@ def test_logs_never_hold_the_token(issuer: FakeIssuer, serve: Callable[..., grpc
         assert leaks(caplog, token) == []
 
 
+def test_each_interceptor_on_the_wrong_kind_of_server_fails_closed_and_loudly(
+    issuer: FakeIssuer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpc.server() does not check its interceptors' type: the aio one answers UNKNOWN, with our message in
+    grpc's log, and the server goes on serving (a coroutine handed back as a handler would kill its serving thread,
+    every later call hanging until its deadline). grpc.aio.server() refuses the sync one itself."""
+    with serve_sync([AioK8sJWTAuthInterceptor(static_verifier(issuer))], sync_handlers()) as target, \
+            grpc.insecure_channel(target) as channel:
+        for _ in range(2):
+            assert refused(channel, metadata=bearer(issuer.mint("payments", "worker"))).code() == \
+                grpc.StatusCode.UNKNOWN
+    assert "give grpc.server() K8sJWTAuthInterceptor" in caplog.text
+
+    async def aio_server() -> None:
+        grpc.aio.server(interceptors=[K8sJWTAuthInterceptor(static_verifier(issuer))])
+
+    with pytest.raises(ValueError, match="Interceptor must be ServerInterceptor"):
+        asyncio.run(aio_server())
+
+
 def test_the_interceptor_repr_holds_no_secret(issuer: FakeIssuer) -> None:
     text = repr(AioK8sJWTAuthInterceptor(static_verifier(issuer, allow=["a/*"]), rules={"/a.B/C": "x/y"}))
     assert text.startswith("AioK8sJWTAuthInterceptor(policy=Policy(['a/*']") and "rules=1" in text

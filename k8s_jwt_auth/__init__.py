@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from ._cache import CacheInfo
-from ._observer import Observer
+from ._observer import FetchEvent, Observer, Observers, ReviewEvent, VerifyEvent
 from ._remote import KeySourceStatus, RemoteKeySource
 from ._shared import SharedStore
 from .client import ServiceAccountTokenAuth, TokenFileError, read_token
@@ -47,6 +47,7 @@ __all__ = [
     "ClusterPolicy",
     "ConfigurationError",
     "Decision",
+    "FetchEvent",
     "InvalidToken",
     "KeySet",
     "KeySetUnavailable",
@@ -54,9 +55,11 @@ __all__ = [
     "KeySourceStatus",
     "MultiClusterVerifier",
     "Observer",
+    "Observers",
     "Policy",
     "PolicyDenied",
     "Reason",
+    "ReviewEvent",
     "RemoteKeySource",
     "ServiceAccountTokenAuth",
     "ServiceUnavailable",
@@ -69,6 +72,7 @@ __all__ = [
     "TokenVerifier",
     "VerificationKey",
     "VerifierConfig",
+    "VerifyEvent",
     "WorkloadIdentity",
     "read_token",
 ]

@@ -142,7 +142,7 @@ class Gate:
         logger: the adapter's logger (one line per decision, the token's fingerprint only).
     """
 
-    __slots__ = ("_decided", "logger", "policy", "verifier")
+    __slots__ = ("_decided", "_hot", "logger", "policy", "verifier")
 
     def __init__(self, verifier: TokenVerifier, *, policy: Policy | None = None,
                  logger: logging.Logger | None = None) -> None:
@@ -152,6 +152,10 @@ class Gate:
         # admitted outcomes by (identity, policy): policies and identities are immutable, so a repeated caller
         # skips the policy evaluation
         self._decided: IdentityMemo[Outcome] = IdentityMemo()
+        # a TokenVerifier's cached answer, asked first (one call for a repeat caller); a subclass that verifies its
+        # own way (MultiClusterVerifier) is always asked through verify()
+        self._hot: Callable[[str], WorkloadIdentity | None] = (
+            verifier._hot if type(verifier).verify is TokenVerifier.verify else _not_cached)
 
     def __repr__(self) -> str:
         return f"Gate(policy={self.policy!r}, logger={self.logger.name!r})"
@@ -175,10 +179,12 @@ class Gate:
         """
         token = None
         try:
-            token = bearer_credentials(credentials)
+            # the usual request: one header value, a token the verifier's cache answers (one call each, no more)
+            token = bearer_token(credentials) if type(credentials) is str else bearer_credentials(credentials)
             if token is None:
                 return self._anonymous(optional)
-            outcome = self._decide(self.verifier.verify(token), policy)
+            workload = self._hot(token)
+            outcome = self._decide(self.verifier.verify(token) if workload is None else workload, policy)
             if check is not None:
                 check(outcome.workload)  # type: ignore[arg-type]  # an admitted outcome has its workload
         except AuthError as exc:
@@ -191,10 +197,11 @@ class Gate:
         """`admit` for async code: key fetches never block the event loop. Same arguments, same outcomes."""
         token = None
         try:
-            token = bearer_credentials(credentials)
+            token = bearer_token(credentials) if type(credentials) is str else bearer_credentials(credentials)
             if token is None:
                 return self._anonymous(optional)
-            outcome = self._decide(await self.verifier.verify_async(token), policy)
+            workload = self._hot(token)
+            outcome = self._decide(await self.verifier.verify_async(token) if workload is None else workload, policy)
             if check is not None:
                 await check(outcome.workload)  # type: ignore[arg-type]  # an admitted outcome has its workload
         except AuthError as exc:
@@ -260,6 +267,10 @@ class Gate:
     def _refused(self, exc: AuthError, token: str | None, path: str, method: str | None,
                  transport: str) -> Outcome:
         return refuse(exc, logger=self.logger, token=token, path=path, method=method, transport=transport)
+
+
+def _not_cached(token: str) -> None:
+    return None
 
 
 def refuse(error: AuthError, *, logger: logging.Logger, token: str | None = None, path: str = "",

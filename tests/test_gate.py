@@ -268,3 +268,24 @@ def test_header_key_is_the_one_header_check() -> None:
     assert header_key("X-Token") == b"x-token"
     with pytest.raises(ConfigurationError, match="'-', not '_'"):
         header_key("x_token")
+
+
+def test_a_repeat_caller_is_answered_from_the_cache_and_a_multi_cluster_verifier_through_verify(
+        issuer: FakeIssuer, admit: Callable[[Gate], Admit]) -> None:
+    """The gate asks a TokenVerifier's cache first (the same identity object, one hit more), and a verifier
+    subclass that verifies its own way (several clusters) through its verify()."""
+    from k8s_jwt_auth import MultiClusterVerifier
+
+    gate = _gate(issuer, allow=["payments/*"])
+    header = f"Bearer {issuer.mint('payments', 'worker')}"
+    first = admit(gate)(header)
+    hits = gate.verifier.cache_info().hits  # type: ignore[union-attr]
+    again = admit(gate)(header)
+    assert again.workload is first.workload
+    assert gate.verifier.cache_info().hits == hits + 1  # type: ignore[union-attr]
+
+    multi = Gate(MultiClusterVerifier({"prod": static_verifier(issuer, allow=["payments/*"]).config}))
+    for _ in range(2):
+        outcome = admit(multi)(header)
+        assert outcome.admitted and outcome.workload is not None and outcome.workload.cluster == "prod"
+    assert admit(multi)(f"Bearer {issuer.mint('payments', 'worker', audiences='other')}").error is not None

@@ -104,12 +104,35 @@ def _user_for(request: HttpRequest, conf: LoadedSettings, workload: WorkloadIden
 _DEFAULT_USER_FOR = K8sJWTAuthBackend.user_for_workload
 
 
+_PLAIN: tuple[LoadedSettings | None, bool] = (None, False)  # the last settings seen, and _plain_users of them
+
+
+def _plain_users(conf: LoadedSettings) -> bool:
+    """Whether workloads become plain `WorkloadUser`s under these settings (no `MAP_TO_USERS`, the default
+    `user_for_workload`): then nothing after the policy can refuse a workload, and the gate needs no `check`
+    step. Remembered for the last settings seen (they are rebuilt when the settings change)."""
+    global _PLAIN
+    last, plain = _PLAIN
+    if last is not conf:
+        plain = not conf.map_to_users and type(configured_backend(conf)).user_for_workload is _DEFAULT_USER_FOR
+        _PLAIN = (conf, plain)
+    return plain
+
+
 def _admit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy | None = None,
            optional: bool = False) -> Outcome:
     """Pass a request through the gate (sync); on success `request.workload` and `request.user` are set.
 
     The one place every sync Django adapter (middleware, decorators, DRF) verifies a request.
     """
+    if _plain_users(conf):  # the usual case: the user is the workload's WorkloadUser, set once admitted
+        outcome = conf.gate.admit(request.META.get(conf.options.meta_key), policy=policy, optional=optional,
+                                  path=request.path, method=request.method)
+        if outcome.workload is not None:
+            _set_user(request, WorkloadUser(outcome.workload))
+            request.workload = outcome.workload
+        return outcome
+
     def check(workload: WorkloadIdentity) -> None:
         _attach(request, workload, _user_for(request, conf, workload))
 

@@ -1,8 +1,8 @@
 """Helpers shared by the ASGI adapters (Starlette, FastAPI, generic ASGI), on raw ASGI scopes.
 
-Nothing here imports a web framework. The adapters read the credentials with `header_values`, hand them to
-`k8s_jwt_auth.gate.Gate` and render its outcome. The ASGI types are Starlette's (`starlette.types`), spelled
-here so that the generic middleware needs no framework.
+Nothing here imports a web framework. The adapters read the credentials with `header_credentials` (or
+`header_values`), hand them to `k8s_jwt_auth.gate.Gate` and render its outcome. The ASGI types are Starlette's
+(`starlette.types`), spelled here so that the generic middleware needs no framework.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from k8s_jwt_auth import AuthError, ServiceUnavailable
-from k8s_jwt_auth.gate import IdentityMemo
+from k8s_jwt_auth.gate import Credentials, IdentityMemo
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Scope",
     "Send",
     "auth_scopes",
+    "header_credentials",
     "header_values",
     "route_path",
     "websocket_close_code",
@@ -83,3 +84,23 @@ def header_values(scope: Mapping[str, Any], key: bytes) -> list[bytes]:
     headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
     size = len(key)  # only a name of the same length can match: no lower() for the others
     return [value for name, value in headers if len(name) == size and (name == key or name.lower() == key)]
+
+
+def header_credentials(scope: Mapping[str, Any], key: bytes) -> Credentials:
+    """The header `key` (lower-case bytes) of an ASGI scope as `Gate.admit` takes it: `None` when absent, its value
+    as a `str` (Latin-1, as HTTP carries it) when sent once, every value when repeated (refused as `malformed`)."""
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+    size = len(key)  # only a name of the same length can match: no lower() for the others
+    found: bytes | None = None
+    repeated: list[bytes] | None = None
+    for name, value in headers:  # a plain loop: no list for the usual single header
+        if len(name) == size and (name == key or name.lower() == key):
+            if found is None:
+                found = value
+            elif repeated is None:
+                repeated = [found, value]
+            else:
+                repeated.append(value)
+    if repeated is not None:
+        return repeated
+    return None if found is None else found.decode("latin-1")

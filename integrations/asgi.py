@@ -40,7 +40,7 @@ from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
 from k8s_jwt_auth.options import AdapterOptions
 
-from ._asgi_common import ASGIApp, Receive, Scope, Send, header_values, route_path, websocket_close_code
+from ._asgi_common import ASGIApp, Receive, Scope, Send, header_credentials, route_path, websocket_close_code
 from ._common import build_verifier
 
 __all__ = ["STATE_WORKLOAD", "K8sJWTAuthMiddleware", "keyword_options"]
@@ -114,7 +114,7 @@ class K8sJWTAuthMiddleware:
             self._store(scope, None)
             await self.app(scope, receive, send)
             return
-        outcome = await self.gate.aadmit(header_values(scope, self._key), optional=self.optional,
+        outcome = await self.gate.aadmit(header_credentials(scope, self._key), optional=self.optional,
                                          path=scope.get("path", ""), method=scope.get("method"), transport=kind)
         if outcome.error is not None:
             await self._reject(scope, send, outcome.error)

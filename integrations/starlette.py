@@ -63,7 +63,7 @@ from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
 
 from . import asgi
-from ._asgi_common import STATE_KEY, auth_scopes, header_values, websocket_close_code
+from ._asgi_common import STATE_KEY, auth_scopes, header_credentials, websocket_close_code
 from ._common import build_verifier
 from .asgi import keyword_options
 
@@ -242,7 +242,7 @@ class WorkloadAuthBackend(AuthenticationBackend):
             WorkloadAuthenticationError: the credentials are bad, the token cannot be checked now or the policy denies.
         """
         scope = conn.scope
-        outcome = await self.gate.aadmit(header_values(scope, self.options.header_key), optional=True,
+        outcome = await self.gate.aadmit(header_credentials(scope, self.options.header_key), optional=True,
                                          path=scope.get("path", ""), method=scope.get("method"),
                                          transport=scope["type"])
         if outcome.error is not None:

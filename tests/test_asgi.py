@@ -186,6 +186,22 @@ def http_scope(path: str, token: str | None = None, **extra: Any) -> dict[str, A
     return {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": headers, **extra}
 
 
+def test_header_credentials_are_what_the_gate_takes() -> None:
+    """Absent: `None`; once: the value as text (Latin-1, the gate's fast path); repeated: every value (malformed)."""
+    from k8s_jwt_auth.integrations._asgi_common import header_credentials
+
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        return {"headers": [(b"host", b"x"), *headers]}
+
+    key = b"authorization"
+    assert header_credentials(scope(), key) is None
+    assert header_credentials({}, key) is None
+    assert header_credentials(scope((b"authorization", b"Bearer \xe9")), key) == "Bearer \xe9"
+    assert header_credentials(scope((b"Authorization", b"Bearer a")), key) == "Bearer a"  # a server that kept case
+    assert header_credentials(scope((b"authorization", b"a"), (b"x-other-header", b"b"), (b"AUTHORIZATION", b"c")),
+                              key) == [b"a", b"c"]
+
+
 @pytest.mark.parametrize("header", sorted(MALFORMED_HEADERS))
 async def test_malformed_authorization_headers_are_401(verifier: TokenVerifier, header: str) -> None:
     bare = Bare()

@@ -1,8 +1,8 @@
 """Helpers shared by the ASGI adapters (Starlette, FastAPI, generic ASGI), on raw ASGI scopes.
 
-Nothing here imports a web framework. The adapters read the credentials with `header_credentials` (or
-`header_values`), hand them to `k8s_jwt_auth.gate.Gate` and render its outcome. The ASGI types are Starlette's
-(`starlette.types`), spelled here so that the generic middleware needs no framework.
+Nothing here imports a web framework. The adapters read the credentials with `header_credentials`, hand them to
+`k8s_jwt_auth.gate.Gate` and render its outcome. The ASGI types are Starlette's (`starlette.types`), spelled here so
+that the generic middleware needs no framework.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ __all__ = [
     "Send",
     "auth_scopes",
     "header_credentials",
-    "header_values",
     "route_path",
     "websocket_close_code",
 ]
@@ -77,13 +76,6 @@ def _build_scopes(workload: WorkloadIdentity) -> tuple[str, ...]:
 def websocket_close_code(exc: AuthError) -> int:
     """1013 (try again later) when the token cannot be checked now, else 1008 (policy violation)."""
     return WS_CLOSE_TRY_AGAIN_LATER if isinstance(exc, ServiceUnavailable) else WS_CLOSE_POLICY_VIOLATION
-
-
-def header_values(scope: Mapping[str, Any], key: bytes) -> list[bytes]:
-    """Every value of the header `key` (lower-case bytes) in an ASGI scope, for `Gate.admit`."""
-    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
-    size = len(key)  # only a name of the same length can match: no lower() for the others
-    return [value for name, value in headers if len(name) == size and (name == key or name.lower() == key)]
 
 
 def header_credentials(scope: Mapping[str, Any], key: bytes) -> Credentials:

@@ -54,7 +54,7 @@ from k8s_jwt_auth.gate import AUTHENTICATE_ONLY, Gate, Outcome, refuse
 from k8s_jwt_auth.http import error_response, missing_token
 from k8s_jwt_auth.identity import WorkloadIdentity
 
-from ._asgi_common import STATE_KEY, header_values, websocket_close_code
+from ._asgi_common import STATE_KEY, header_credentials, websocket_close_code
 from ._common import build_verifier
 from .starlette import K8sJWTAuthMiddleware, WorkloadUser, auth_error_response, keyword_options, workload_client
 
@@ -162,10 +162,10 @@ class _Guard:
                 raise RuntimeError(_NO_VERIFIER)
             outcome = gate.authorize(user.workload, policy=self.policy, path=path, method=method, transport=transport)
             return self._result(scope, outcome)
-        credentials = header_values(scope, self.header)
+        credentials = header_credentials(scope, self.header)
         gate = self._gate(conn, None)
         if gate is None:  # no verifier anywhere: fine while there is nothing to verify
-            if credentials:
+            if credentials is not None:
                 raise RuntimeError(_NO_VERIFIER)
             if self.optional:
                 return None

@@ -3,19 +3,21 @@
     python bench/grpc.py            # the full run (about a minute on 2 cores)
     python bench/grpc.py --quick    # a smoke run: one short round (tests/test_grpc.py runs it)
 
-Four servers in one child process on 127.0.0.1, each with the same unary-unary handler (it returns the request
-bytes; no serializers): a sync `grpc.server` bare and with `K8sJWTAuthInterceptor`, a `grpc.aio.server` bare and
-with `AioK8sJWTAuthInterceptor` (the verifier: static RS256 key, service policy with one allow rule, the token
-verified once before timing, so every timed call takes the cached path). The client runs in this process, so the
+Six servers in one child process on 127.0.0.1, each with the same unary-unary handler (it returns the request
+bytes; no serializers): a sync `grpc.server` bare, with a no-op interceptor (it only calls `continuation`: what
+grpc's interceptor machinery costs any interceptor) and with `K8sJWTAuthInterceptor`; a `grpc.aio.server` the same
+three ways with `AioK8sJWTAuthInterceptor` (the verifier: static RS256 key, service policy with one allow rule, the
+token verified once before timing, so every timed call takes the cached path). The client runs in this process, so the
 servers keep a core's worth of GIL to themselves; every call sends the same `authorization: Bearer <token>`.
 
-Two measurements per server and mode, in interleaved rounds (bare and ours take turns, in a rotated order):
+Two measurements per server and mode, in interleaved rounds (the three modes take turns, in a rotated order):
 
 * **latency**: one sync client, one call at a time: µs per call;
 * **throughput**: one `grpc.aio` client keeping 32 calls in flight for the measurement's seconds: calls per second
   (and the µs of server time per call it implies, 1e6 / calls per second).
 
-The tables give the medians over rounds, the overhead (ours - bare) and the ratio (ours / bare). Before timing,
+The tables give the medians over rounds, the overhead (ours - bare) and the ratios ours / bare and ours / no-op
+(the second is what our check costs beyond having an interceptor at all). Before timing,
 each server is checked: bare and ours answer OK with the token, ours answers UNAUTHENTICATED without it.
 
 On loopback a Python gRPC call costs hundreds of µs, and two cores shared by client and server make those
@@ -23,8 +25,8 @@ numbers move by more than the interceptor costs. So a last table times the inter
 `intercept_service` plus the call of the handler it returns (the check, the contextvar, the wrapper), against
 calling the bare handler; µs per call, median of 5.
 
-The last line is JSON: {"sync"|"aio": {"bare_us", "ours_us", "overhead_us", "ratio", "bare_calls_per_s",
-"ours_calls_per_s", "throughput_ratio", "in_process_us"}}.
+The last line is JSON: {"sync"|"aio": {"bare_us", "noop_us", "ours_us", "overhead_us", "ratio", "bare_calls_per_s",
+"noop_calls_per_s", "ours_calls_per_s", "throughput_ratio", "throughput_vs_noop", "in_process_us"}}.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ AUDIENCE = "bench"
 ALLOW = "payments/*"
 METHOD = "/bench.Echo/Call"
 SERVERS = ("sync", "aio")
-MODES = ("bare", "ours")
+MODES = ("bare", "noop", "ours")
 IN_FLIGHT = 32
 PAYLOAD = b"hello"
 STARTUP_TIMEOUT = 30.0
@@ -82,17 +84,31 @@ async def _aecho(request: bytes, context: Any) -> bytes:
     return request
 
 
+class _NoOp(grpc.ServerInterceptor):
+    """An interceptor that does nothing: the cost of grpc's interceptor machinery alone (sync servers)."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return continuation(handler_call_details)
+
+
+class _AioNoOp(grpc.aio.ServerInterceptor):
+    """The same for grpc.aio servers."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return await continuation(handler_call_details)
+
+
 def _handlers(behaviour: Any) -> list[grpc.GenericRpcHandler]:
     return [grpc.method_handlers_generic_handler("bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(
         behaviour)})]
 
 
 def serve(jwk: dict[str, Any], token: str) -> None:
-    """Start the four servers, print their targets as one JSON line, serve until stdin closes."""
+    """Start the six servers, print their targets as one JSON line, serve until stdin closes."""
     targets: dict[str, str] = {}
     sync_servers = []
     for mode in MODES:
-        interceptors = [K8sJWTAuthInterceptor(_verifier(jwk))] if mode == "ours" else []
+        interceptors = {"bare": [], "noop": [_NoOp()], "ours": [K8sJWTAuthInterceptor(_verifier(jwk))]}[mode]
         server = grpc.server(futures.ThreadPoolExecutor(16), interceptors=interceptors, handlers=_handlers(_echo))
         targets[f"sync-{mode}"] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         server.start()
@@ -105,7 +121,7 @@ def serve(jwk: dict[str, Any], token: str) -> None:
         for mode in MODES:
             verifier = _verifier(jwk)
             verifier.verify(token)  # warm the cache: the timed calls all take the cached path
-            interceptors = [AioK8sJWTAuthInterceptor(verifier)] if mode == "ours" else []
+            interceptors = {"bare": [], "noop": [_AioNoOp()], "ours": [AioK8sJWTAuthInterceptor(verifier)]}[mode]
             server = grpc.aio.server(interceptors=interceptors, handlers=_handlers(_aecho))
             targets[f"aio-{mode}"] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
             await server.start()
@@ -130,7 +146,7 @@ def serve(jwk: dict[str, Any], token: str) -> None:
 
 @contextlib.contextmanager
 def servers(jwk: dict[str, Any], token: str) -> Iterator[dict[str, str]]:
-    """The child process serving the four servers; yields {"sync-bare": target, ...}."""
+    """The child process serving the six servers; yields {"sync-bare": target, ...}."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("K8S_JWT_AUTH_")}
     env["BENCH_GRPC"] = json.dumps({"jwk": jwk, "token": token})
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"], stdin=subprocess.PIPE,
@@ -218,7 +234,7 @@ def measure(targets: dict[str, str], token: str, rounds: int, calls: int,
             latency(channels[name], metadata, max(50, calls // 10))  # warm: connections, caches
         for index in range(rounds):
             for server in SERVERS:
-                order = MODES[index % 2:] + MODES[:index % 2]
+                order = MODES[index % len(MODES):] + MODES[:index % len(MODES)]
                 for mode in order:
                     name = f"{server}-{mode}"
                     results[server][mode]["us"].append(latency(channels[name], metadata, calls))
@@ -311,17 +327,19 @@ def in_process(jwk: dict[str, Any], token: str, n: int) -> dict[str, float]:
 def summarise(results: dict[str, dict[str, dict[str, list[float]]]]) -> tuple[list[tuple[str, ...]], dict[str, Any]]:
     rows, summary = [], {}
     for server, modes in results.items():
-        bare_us, ours_us = (statistics.median(modes[m]["us"]) for m in MODES)
-        bare_s, ours_s = (statistics.median(modes[m]["per_s"]) for m in MODES)
+        bare_us, noop_us, ours_us = (statistics.median(modes[m]["us"]) for m in MODES)
+        bare_s, noop_s, ours_s = (statistics.median(modes[m]["per_s"]) for m in MODES)
         overhead = [o - b for o, b in zip(modes["ours"]["us"], modes["bare"]["us"], strict=True)]
-        rows.append((f"{server} server", f"{bare_us:.1f}", f"{ours_us:.1f}",
+        rows.append((f"{server} server", f"{bare_us:.1f}", f"{noop_us:.1f}", f"{ours_us:.1f}",
                      f"{statistics.median(overhead):+.1f} ({min(overhead):+.1f}..{max(overhead):+.1f})",
-                     f"{ours_us / bare_us:.3f}x", f"{bare_s:,.0f}", f"{ours_s:,.0f}",
-                     f"{1e6 / ours_s - 1e6 / bare_s:+.1f}", f"{ours_s / bare_s:.3f}x"))
-        summary[server] = {"bare_us": round(bare_us, 2), "ours_us": round(ours_us, 2),
+                     f"{ours_us / bare_us:.3f}x", f"{bare_s:,.0f}", f"{noop_s:,.0f}", f"{ours_s:,.0f}",
+                     f"{ours_s / bare_s:.3f}x", f"{ours_s / noop_s:.3f}x"))
+        summary[server] = {"bare_us": round(bare_us, 2), "noop_us": round(noop_us, 2), "ours_us": round(ours_us, 2),
                            "overhead_us": round(statistics.median(overhead), 2),
                            "ratio": round(ours_us / bare_us, 3), "bare_calls_per_s": round(bare_s, 1),
-                           "ours_calls_per_s": round(ours_s, 1), "throughput_ratio": round(ours_s / bare_s, 3)}
+                           "noop_calls_per_s": round(noop_s, 1), "ours_calls_per_s": round(ours_s, 1),
+                           "throughput_ratio": round(ours_s / bare_s, 3),
+                           "throughput_vs_noop": round(ours_s / noop_s, 3)}
     return rows, summary
 
 
@@ -361,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     for server in SERVERS:
         summary[server]["in_process_us"] = round(local[server], 2)
     table(f"Per-call overhead on a cached token (median of {rounds} interleaved rounds; unary-unary, loopback)",
-          ("server", "bare µs/call", "ours µs/call", "overhead µs (min..max)", "latency ours/bare",
-           f"bare calls/s ({IN_FLIGHT} in flight)", "ours calls/s", "server µs/call added", "throughput ours/bare"),
+          ("server", "bare µs/call", "no-op µs/call", "ours µs/call", "overhead µs (min..max)", "latency ours/bare",
+           f"bare calls/s ({IN_FLIGHT} in flight)", "no-op calls/s", "ours calls/s", "throughput ours/bare",
+           "throughput ours/no-op"),
           rows)
     table("The interceptor in process (µs per call added, median of 5; no network)", ("server", "µs per call"),
           [(f"{server} interceptor", f"{local[server]:.2f}") for server in SERVERS])

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError('k8s_jwt_auth.client\'s gRPC credentials need grpcio: pip install "k8s-jwt-auth[grpc]"'
                       ) from exc
 
-from .client import TokenFile, TokenFileError
+from .client import TokenFile, TokenFileError, _SendsTokenFile
 
 __all__ = ["AioGrpcTokenInterceptor", "GrpcTokenInterceptor", "grpc_call_credentials"]
 
@@ -96,7 +96,7 @@ class _CallDetails(
     """A sync call's details with new metadata (grpc.ClientCallDetails has no constructor)."""
 
 
-class GrpcTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+class GrpcTokenInterceptor(_SendsTokenFile, grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                            grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """A sync gRPC client interceptor for the four call types: `authorization: Bearer <token>` on every call.
 
@@ -117,17 +117,6 @@ class GrpcTokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamCli
         TokenFileError: from the call (not at construction) when the file is missing, unreadable, empty or does
             not hold a token.
     """
-
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.token_file = TokenFile(path)
-
-    @property
-    def path(self) -> str:
-        """The token file."""
-        return self.token_file.path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(path={self.path!r})"
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         return _CallDetails(details.method, details.timeout, _metadata(self.token_file, details.metadata),
@@ -206,7 +195,7 @@ class _AioStreamStream(_AioInterceptor, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-class AioGrpcTokenInterceptor(Sequence[grpc.aio.ClientInterceptor]):
+class AioGrpcTokenInterceptor(_SendsTokenFile, Sequence[grpc.aio.ClientInterceptor]):
     """The `grpc.aio` client interceptors for the four call types: `authorization: Bearer <token>` on every call.
 
     A `grpc.aio` channel files each interceptor object under one call type only, so this is a sequence of four
@@ -232,18 +221,10 @@ class AioGrpcTokenInterceptor(Sequence[grpc.aio.ClientInterceptor]):
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.token_file = TokenFile(path)
+        super().__init__(path)
         self._interceptors: tuple[grpc.aio.ClientInterceptor, ...] = (
             _AioUnaryUnary(self.token_file), _AioUnaryStream(self.token_file), _AioStreamUnary(self.token_file),
             _AioStreamStream(self.token_file))
-
-    @property
-    def path(self) -> str:
-        """The token file."""
-        return self.token_file.path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(path={self.path!r})"
 
     @overload
     def __getitem__(self, index: int) -> grpc.aio.ClientInterceptor: ...

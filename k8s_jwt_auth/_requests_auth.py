@@ -3,8 +3,6 @@ requests)."""
 
 from __future__ import annotations
 
-import os
-
 try:
     import requests
     from requests.auth import AuthBase
@@ -12,12 +10,12 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError('k8s_jwt_auth.client.RequestsTokenAuth needs requests: pip install "k8s-jwt-auth[requests]"'
                       ) from exc
 
-from .client import TokenFile
+from .client import _SendsTokenFile
 
 __all__ = ["RequestsTokenAuth"]
 
 
-class RequestsTokenAuth(AuthBase):
+class RequestsTokenAuth(_SendsTokenFile, AuthBase):
     """requests authentication: `Authorization: Bearer <token>` from a projected service-account token file.
 
     ```python
@@ -37,17 +35,6 @@ class RequestsTokenAuth(AuthBase):
         TokenFileError: from the request (not at construction) when the file is missing, unreadable, empty or
             does not hold a token; requests passes it through unwrapped.
     """
-
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.token_file = TokenFile(path)
-
-    @property
-    def path(self) -> str:
-        """The token file."""
-        return self.token_file.path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(path={self.path!r})"
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         """Set `Authorization: Bearer <token>` on the request.

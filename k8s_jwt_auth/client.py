@@ -161,7 +161,26 @@ class TokenFile:
         return TokenFileError(f"{message}; {_FIX}", self.path)
 
 
-class ServiceAccountTokenAuth(httpx.Auth):
+class _SendsTokenFile:
+    """What every calling-side helper holds: the projected token file, `stat`ed per call and re-read on rotation.
+
+    `ServiceAccountTokenAuth`, `RequestsTokenAuth`, `GrpcTokenInterceptor` and `AioGrpcTokenInterceptor` are built
+    on it (`path=None`: `DEFAULT_TOKEN_PATH`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.token_file = TokenFile(path)
+
+    @property
+    def path(self) -> str:
+        """The token file."""
+        return self.token_file.path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r})"
+
+
+class ServiceAccountTokenAuth(_SendsTokenFile, httpx.Auth):
     """httpx authentication: `Authorization: Bearer <token>` from a projected service-account token file.
 
     Works with `httpx.Client` and `httpx.AsyncClient` (as an `httpx.Auth`), and with `httpx2.Client` and
@@ -175,16 +194,6 @@ class ServiceAccountTokenAuth(httpx.Auth):
         TokenFileError: on a request (not at construction), when the file is missing, unreadable, empty
             or does not hold a token. httpx passes it through unwrapped.
     """
-
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.token_file = TokenFile(path)
-
-    @property
-    def path(self) -> str:
-        return self.token_file.path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(path={self.path!r})"
 
     def __call__(self, request: _R) -> _R:
         """Set `Authorization: Bearer <token>` on `request` and return it: the callable form of `auth=` that

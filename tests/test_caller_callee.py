@@ -20,7 +20,9 @@ from k8s_jwt_auth.testing import FakeIssuer
 
 from ._threaded import uvicorn_server
 
-yaml = pytest.importorskip("yaml")
+pytest.importorskip("yaml")
+
+from ._manifests import container, env, manifest_objects  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "caller_callee"
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -32,27 +34,8 @@ SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 @pytest.fixture(scope="module")
 def objects() -> dict[tuple[str, str], dict[str, Any]]:
     """Every object of every manifest, by (kind, name)."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    files = sorted((EXAMPLE / "k8s").glob("*.yaml"))
-    assert files
-    for path in files:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is None:
-                continue
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key not in found, f"{key} defined twice"
-            found[key] = doc
+    found = manifest_objects(EXAMPLE / "k8s")
     return found
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (only,) = deployment["spec"]["template"]["spec"]["containers"]
-    result: dict[str, Any] = only
-    return result
-
-
-def env(deployment: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(deployment)["env"]}
 
 
 def test_caller_audience_is_the_callee_audience(objects: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -24,7 +24,9 @@ from k8s_jwt_auth.testing import FakeIssuer
 
 from ._servers import example_env
 
-yaml = pytest.importorskip("yaml")
+pytest.importorskip("yaml")
+
+from ._manifests import container, env, manifest_objects  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "grpc_service"
@@ -38,26 +40,10 @@ _LISTENING = re.compile(r"greeter listening on (127\.0\.0\.1:\d+)")
 @pytest.fixture(scope="module")
 def objects() -> dict[tuple[str, str], dict[str, Any]]:
     """Every object of every manifest, by (kind, name)."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted((EXAMPLE / "k8s").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is not None:
-                key = (doc["kind"], doc["metadata"]["name"])
-                assert key not in found, f"{key} defined twice"
-                found[key] = doc
+    found = manifest_objects(EXAMPLE / "k8s")
     assert {kind for kind, _ in found} == {"Namespace", "ServiceAccount", "ClusterRoleBinding", "Deployment",
                                            "Service"}
     return found
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (only,) = deployment["spec"]["template"]["spec"]["containers"]
-    result: dict[str, Any] = only
-    return result
-
-
-def env(deployment: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(deployment)["env"]}
 
 
 def test_the_caller_sends_a_token_for_the_greeters_audience(objects: dict[tuple[str, str], dict[str, Any]]) -> None:

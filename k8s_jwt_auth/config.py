@@ -225,6 +225,9 @@ class VerifierConfig:
 
     def _check_url(self, url: str, name: str) -> None:
         parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:  # named, never shown: it would be logged
+            raise _invalid(name, f"{name} must not carry a user name or password (URLs end up in logs and error "
+                                 "messages); fetches authenticate with token_file (a bearer token) and ca_file")
         if parts.scheme == "https" and parts.hostname:
             return
         if parts.scheme == "http" and parts.hostname and (self.allow_insecure_http or _is_loopback(parts.hostname)):

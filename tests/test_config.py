@@ -368,3 +368,17 @@ def test_keyword_constructors_refuse_bad_time_limits(value: float) -> None:
                 RemoteKeySource("https://issuer.test", **{name: value})  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="tokenreview_cache_ttl"):
             TokenReviewer("https://api.test", audiences=["a"], cache_ttl=value)
+
+
+@pytest.mark.parametrize("field", ["issuer", "jwks_uri", "tokenreview_url"])
+@pytest.mark.parametrize("url", ["https://reader:s3cret@issuer.example", "https://reader@issuer.example",
+                                 "http://:s3cret@127.0.0.1:8443"])
+def test_urls_with_a_user_name_or_password_are_refused_without_echoing_them(field: str, url: str) -> None:
+    """A password in a URL would reach logs, reprs and error messages: refused, naming the setting only."""
+    settings: dict[str, object] = {"issuer": "https://issuer.example", "audiences": ["api"], field: url}
+    if field == "tokenreview_url":
+        settings["tokenreview"] = True
+    with pytest.raises(ConfigurationError) as caught:
+        VerifierConfig(**settings)  # type: ignore[arg-type]
+    assert "user name or password" in str(caught.value) and field in str(caught.value)
+    assert "s3cret" not in str(caught.value) and "reader" not in str(caught.value)

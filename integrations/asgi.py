@@ -139,7 +139,8 @@ class K8sJWTAuthMiddleware:
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in rendered.headers]
         headers.append((b"content-length", str(len(body)).encode("latin-1")))
         await send({"type": "http.response.start", "status": rendered.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        # more_body spelled out: ASGI's default, but some test clients (Quart >= 0.23) read the key without it
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     @classmethod
     def _refuse_second(cls, app: object) -> None:

@@ -284,14 +284,9 @@ def _current_request() -> Request:
     return current
 
 
-def _credentials(request: Request, options: AdapterOptions) -> str | list[str] | None:
-    """The credentials header's value(s), as `request.headers.getlist(options.header)` finds them."""
-    if options.meta_key in _ENVIRON_SPECIAL:  # werkzeug maps Content-Type/-Length without HTTP_
-        return request.headers.getlist(options.header)
-    return request.environ.get(options.meta_key)  # a WSGI server joins a repeated header into one value
-
-
-_ENVIRON_SPECIAL = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+def _credentials(request: Request, options: AdapterOptions) -> str | None:
+    """The credentials header's value, from the environ (a WSGI server joins a repeated header into one value)."""
+    return request.environ.get(options.meta_key)
 
 
 def _gate(state: K8sJWTAuthState, policy: Policy | None, optional: bool,

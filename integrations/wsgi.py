@@ -52,10 +52,6 @@ logger = logging.getLogger("k8s_jwt_auth.integrations.wsgi")
 ENVIRON_KEY = "k8s_jwt_auth.workload"
 """The environ key holding the verified `WorkloadIdentity` (or `None`)."""
 
-# werkzeug and servers put these two headers in the environ without the HTTP_ prefix (PEP 3333)
-_UNPREFIXED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
-
-
 class K8sJWTAuthMiddleware:
     """WSGI middleware that verifies `Authorization: Bearer <token>` on every request.
 
@@ -101,8 +97,7 @@ class K8sJWTAuthMiddleware:
         self.verifier, self.policy = self.gate.verifier, self.gate.policy
         self.optional, self.realm = self.options.optional, self.options.realm
         self._exempt = self.options.exempt_paths
-        meta_key = self.options.meta_key
-        self._environ_key = meta_key[5:] if meta_key in _UNPREFIXED else meta_key
+        self._environ_key = self.options.meta_key
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = _decoded(environ.get("PATH_INFO", ""))

@@ -147,7 +147,8 @@ class AdapterOptions:
             refused).
         exempt_paths: the paths let through unauthenticated.
         header_key: `header` lower-cased, as bytes (ASGI headers, gRPC metadata keys).
-        meta_key: `header` as a WSGI environ / Django `META` key (`HTTP_AUTHORIZATION`).
+        meta_key: `header` as a WSGI environ / Django `META` key (`HTTP_AUTHORIZATION`; CGI names Content-Type and
+            Content-Length without the prefix, `CONTENT_TYPE`, as PEP 3333 and Django spell them).
     """
 
     header: str = "Authorization"
@@ -176,7 +177,16 @@ class AdapterOptions:
                    optional=_option(values, "OPTIONAL", name, flag_option),
                    exempt_paths=_option(values, "EXEMPT_PATHS", name, _paths),
                    header_key=header.lower().encode("ascii"),
-                   meta_key="HTTP_" + header.upper().replace("-", "_"))
+                   meta_key=_meta_key(header))
+
+
+def _meta_key(header: str) -> str:
+    """The WSGI environ / Django `META` key of a header (PEP 3333: CGI's own two have no `HTTP_` prefix)."""
+    key = header.upper().replace("-", "_")
+    return key if key in _CGI_HEADERS else "HTTP_" + key
+
+
+_CGI_HEADERS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
 
 def _header_name(value: object) -> str:

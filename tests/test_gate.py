@@ -232,6 +232,8 @@ def test_options_accepted_forms() -> None:
     options = AdapterOptions.parse({"HEADER": "X-Forwarded-Authorization", "REALM": "payments api",
                                     "OPTIONAL": "yes", "EXEMPT_PATHS": "/healthz, /public/*"})
     assert (options.header_key, options.meta_key) == (b"x-forwarded-authorization", "HTTP_X_FORWARDED_AUTHORIZATION")
+    # PEP 3333 and Django's META spell CGI's own two headers without the HTTP_ prefix
+    assert AdapterOptions.parse({"HEADER": "Content-Type"}).meta_key == "CONTENT_TYPE"
     assert options.realm == "payments api" and options.optional is True
     assert options.exempt_paths == PathMatcher(["/healthz", "/public/*"])
     assert options.exempt_paths("/public/x") and options.exempt_paths("/public") and not options.exempt_paths("/pub")

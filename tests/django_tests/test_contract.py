@@ -382,6 +382,16 @@ def test_header_option(running: Callable[..., Caller], issuer: FakeIssuer, deplo
     assert decisions(records) == [("rejected_token", "missing_token")]
 
 
+@deployments(EVERY)
+def test_a_cgi_header_is_read_where_the_server_puts_it(running: Callable[..., Caller], issuer: FakeIssuer,
+                                                       deployment: Deployment) -> None:
+    """Content-Type as the credentials header (odd, but allowed): WSGI and Django keep it as CONTENT_TYPE."""
+    caller = running(deployment, HEADER="Content-Type")
+    reply, records = caller.get("/service", bearer(issuer.mint("payments", "worker"), "Content-Type"))
+    assert_ok(reply, "payments/worker")
+    assert decisions(records) == [("allowed", "ok")]
+
+
 def _refused_at_setup(app: Deploy, deployment: Deployment, suffix: str, value: object) -> None:
     """The deployment refuses the option at setup, naming it as its framework spells it."""
     name = setting_name(deployment.adapter, suffix)

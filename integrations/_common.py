@@ -12,7 +12,7 @@ from k8s_jwt_auth import ConfigurationError, Policy, TokenVerifier, VerifierConf
 from k8s_jwt_auth.gate import Gate
 from k8s_jwt_auth.options import AdapterOptions, PathMatcher
 
-__all__ = ["GateView", "build_verifier"]
+__all__ = ["GateView", "build_verifier", "keyword_options"]
 
 
 def build_verifier(
@@ -75,3 +75,14 @@ class GateView:
     def exempt_paths(self) -> PathMatcher:
         """The request paths the enforcing layer lets through."""
         return self.options.exempt_paths
+
+
+def keyword_options(*, header: object = None, exempt_paths: object = None, optional: object = None,
+                    realm: object = None) -> AdapterOptions:
+    """The shared adapter options given as keywords (`header=`...), parsed as every adapter parses them.
+
+    Raises:
+        ConfigurationError: an invalid value, naming the keyword.
+    """
+    return AdapterOptions.parse({"HEADER": header, "EXEMPT_PATHS": exempt_paths, "OPTIONAL": optional,
+                                 "REALM": realm}, lambda suffix: f"{suffix.lower()}=")

@@ -38,12 +38,11 @@ from k8s_jwt_auth import AlreadyInstalled, AuthError, Policy, TokenVerifier, Ver
 from k8s_jwt_auth.gate import Gate
 from k8s_jwt_auth.http import error_response
 from k8s_jwt_auth.identity import WorkloadIdentity
-from k8s_jwt_auth.options import AdapterOptions
 
 from ._asgi_common import ASGIApp, Receive, Scope, Send, header_credentials, route_path, websocket_close_code
-from ._common import build_verifier
+from ._common import build_verifier, keyword_options
 
-__all__ = ["STATE_WORKLOAD", "K8sJWTAuthMiddleware", "keyword_options"]
+__all__ = ["STATE_WORKLOAD", "K8sJWTAuthMiddleware"]
 
 logger = logging.getLogger("k8s_jwt_auth.integrations.asgi")
 
@@ -160,14 +159,3 @@ class K8sJWTAuthMiddleware:
         `WorkloadAuthBackend`)."""
         return isinstance(node, K8sJWTAuthMiddleware) or isinstance(getattr(getattr(node, "backend", None), "gate",
                                                                             None), Gate)
-
-
-def keyword_options(*, header: object = None, exempt_paths: object = None, optional: object = None,
-                    realm: object = None) -> AdapterOptions:
-    """The shared adapter options given as keywords (`header=`...), parsed as every adapter parses them.
-
-    Raises:
-        ConfigurationError: an invalid value, naming the keyword.
-    """
-    return AdapterOptions.parse({"HEADER": header, "EXEMPT_PATHS": exempt_paths, "OPTIONAL": optional,
-                                 "REALM": realm}, lambda suffix: f"{suffix.lower()}=")

@@ -64,8 +64,7 @@ from k8s_jwt_auth.identity import WorkloadIdentity
 
 from . import asgi
 from ._asgi_common import STATE_KEY, auth_scopes, header_credentials, websocket_close_code
-from ._common import build_verifier
-from .asgi import keyword_options
+from ._common import build_verifier, keyword_options
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient

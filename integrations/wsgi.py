@@ -39,8 +39,7 @@ from k8s_jwt_auth import AlreadyInstalled, AuthError, Policy, TokenVerifier, Ver
 from k8s_jwt_auth.gate import Gate
 from k8s_jwt_auth.http import error_response
 
-from ._common import build_verifier
-from .asgi import keyword_options
+from ._common import build_verifier, keyword_options
 
 if TYPE_CHECKING:  # typeshed's WSGI types, as werkzeug and Falcon annotate with them
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

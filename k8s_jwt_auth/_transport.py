@@ -27,13 +27,12 @@ import weakref
 from collections.abc import AsyncGenerator, Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 import certifi
 import httpx
 
 from ._deadline import AsyncSession, Deadline, Session, bounded
-from .config import _is_loopback
+from ._validate import url_problem
 from .errors import ConfigurationError
 
 __all__ = [
@@ -358,21 +357,6 @@ def status_message(body: bytes) -> str:
     message = document.get("message") if isinstance(document, dict) else None
     return f" ({message.strip()[:200]})" if isinstance(message, str) and message.strip() else ""
 
-
-
-def url_problem(url: str, allow_insecure_http: bool) -> str | None:
-    """Why `url` may not be fetched, or `None`: https, or http to a loopback host (or when allowed)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return f"{url!r} is not a valid URL"
-    if parts.scheme == "https" and host:
-        return None
-    if parts.scheme == "http" and host and (allow_insecure_http or _is_loopback(host)):
-        return None
-    return (f"{url!r} must be an https:// URL (plain http only for loopback addresses, or with "
-            "allow_insecure_http=True)")
 
 
 def ssl_context_from(ca_file: str | None) -> ssl.SSLContext:

@@ -9,11 +9,13 @@ an infinite timeout lets a peer hold a call forever.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["seconds", "whole_number"]
+__all__ = ["is_loopback", "seconds", "url_problem", "whole_number"]
 
 
 def seconds(value: object, name: str, *, positive: bool = False, setting: str | None = None) -> float:
@@ -58,3 +60,36 @@ def _finite(value: object) -> float | None:
     except (ValueError, OverflowError):
         return None
     return number if math.isfinite(number) else None
+
+
+def url_problem(url: str, allow_insecure_http: bool) -> str | None:
+    """Why `url` may not be fetched, or `None`: https, or http to a loopback host (or when allowed), and no user
+    name or password (they would reach logs and error messages; the message does not repeat the URL then).
+
+    Shared by `VerifierConfig` and every fetcher built without one (`RemoteKeySource`, `TokenReviewer`, ...).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        return f"{url!r} is not a valid URL"
+    if credentials:
+        return ("must not carry a user name or password (URLs end up in logs and error messages); fetches "
+                "authenticate with token_file (a bearer token) and ca_file")
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host and (allow_insecure_http or is_loopback(host)):
+        return None
+    return (f"{url!r} must be an https:// URL (plain http only for loopback addresses, or with "
+            "allow_insecure_http=True)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is `localhost` or a loopback IP address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

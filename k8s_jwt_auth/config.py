@@ -45,7 +45,6 @@ Every source of settings (keyword arguments, environment variables, Flask `app.c
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -54,7 +53,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ._validate import seconds, whole_number
+from ._validate import seconds, url_problem, whole_number
 from .errors import ConfigurationError
 
 __all__ = [
@@ -224,16 +223,9 @@ class VerifierConfig:
             raise _invalid("redis_prefix", "redis_prefix must be a non-empty string such as k8s-jwt-auth:")
 
     def _check_url(self, url: str, name: str) -> None:
-        parts = urlsplit(url)
-        if parts.username is not None or parts.password is not None:  # named, never shown: it would be logged
-            raise _invalid(name, f"{name} must not carry a user name or password (URLs end up in logs and error "
-                                 "messages); fetches authenticate with token_file (a bearer token) and ca_file")
-        if parts.scheme == "https" and parts.hostname:
-            return
-        if parts.scheme == "http" and parts.hostname and (self.allow_insecure_http or _is_loopback(parts.hostname)):
-            return
-        raise _invalid(name, f"{name} {url!r} must be an https:// URL (plain http only for loopback "
-                                 "addresses, or with allow_insecure_http=True)")
+        problem = url_problem(url, self.allow_insecure_http)  # the rule every fetcher applies
+        if problem is not None:
+            raise _invalid(name, f"{name} {problem}")
 
     # -- derived values ---------------------------------------------------------------------------
 
@@ -339,15 +331,6 @@ class VerifierConfig:
 def _invalid(field_name: str, message: str) -> ConfigurationError:
     """A `ConfigurationError` about one field, carrying the setting suffix that sets it."""
     return ConfigurationError(message, setting=_FIELD_SUFFIXES.get(field_name))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _str_tuple(value: object, name: str, *, split_spaces: bool = False) -> tuple[str, ...]:

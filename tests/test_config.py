@@ -382,3 +382,15 @@ def test_urls_with_a_user_name_or_password_are_refused_without_echoing_them(fiel
         VerifierConfig(**settings)  # type: ignore[arg-type]
     assert "user name or password" in str(caught.value) and field in str(caught.value)
     assert "s3cret" not in str(caught.value) and "reader" not in str(caught.value)
+
+
+def test_fetchers_built_without_a_config_refuse_credentials_in_urls_too() -> None:
+    """The same rule holds where no VerifierConfig is involved (RemoteKeySource, TokenReviewer)."""
+    from k8s_jwt_auth import RemoteKeySource, TokenReviewer
+
+    for build in (lambda: RemoteKeySource("https://reader:s3cret@issuer.example"),
+                  lambda: RemoteKeySource("https://issuer.example", jwks_uri="https://reader:s3cret@issuer.example/k"),
+                  lambda: TokenReviewer("https://reader:s3cret@api.example", audiences=["api"])):
+        with pytest.raises(ConfigurationError) as caught:
+            build()
+        assert "user name or password" in str(caught.value) and "s3cret" not in str(caught.value)

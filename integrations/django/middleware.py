@@ -92,15 +92,6 @@ def _attach(request: HttpRequest, workload: WorkloadIdentity, user: Any) -> None
     request.workload = workload
 
 
-def _user_for(request: HttpRequest, conf: LoadedSettings, workload: WorkloadIdentity) -> Any:
-    """`configured_backend(conf).user_for_workload(request, workload)`; without `MAP_TO_USERS` and with the default
-    method, its answer (a `WorkloadUser`) without looking the settings up again."""
-    backend = configured_backend(conf)
-    if not conf.map_to_users and type(backend).user_for_workload is _DEFAULT_USER_FOR:
-        return WorkloadUser(workload)
-    return backend.user_for_workload(request, workload)
-
-
 _DEFAULT_USER_FOR = K8sJWTAuthBackend.user_for_workload
 
 
@@ -133,8 +124,8 @@ def _admit(request: HttpRequest, conf: LoadedSettings, *, policy: Policy | None 
             request.workload = outcome.workload
         return outcome
 
-    def check(workload: WorkloadIdentity) -> None:
-        _attach(request, workload, _user_for(request, conf, workload))
+    def check(workload: WorkloadIdentity) -> None:  # user rows, or a backend of the project's own
+        _attach(request, workload, configured_backend(conf).user_for_workload(request, workload))
 
     return conf.gate.admit(request.META.get(conf.options.meta_key), policy=policy, optional=optional,
                            path=request.path, method=request.method, check=check)
